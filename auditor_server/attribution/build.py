@@ -1,0 +1,319 @@
+"""``auditor-server build``: catalog → rows → gradient shards → preconditioner → index.
+
+Every step is idempotent and every file is written atomically, so the same command rerun
+after a crash (or ``kill -9``) skips what is complete and finishes with exactly one row per
+window. A build plan recorded at the start pins the model, tokenizer, corpus and feature
+config; resuming with anything different is refused instead of silently mixing features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from auditor_server.attribution import layout
+from auditor_server.attribution.config import FeatureConfig, IndexConfig
+from auditor_server.attribution.distributed import Topology, distributed_topology
+from auditor_server.attribution.featurize import Featurizer
+from auditor_server.attribution.index import build_faiss_index, write_index
+from auditor_server.attribution.precondition import Preconditioner
+from auditor_server.attribution.spans import RowTable
+from auditor_server.attribution.store import ShardSpec, ShardStore, plan_shards
+from auditor_server.corpus.catalog import Catalog
+from auditor_server.corpus.records import corpus_manifest_hash, read_corpus
+from auditor_server.errors import ConfigError, IndexMismatchError, IntegrityError
+from auditor_server.fsutil import (
+    atomic_path,
+    atomic_write,
+    atomic_write_json,
+    sha256_file,
+    sha256_json,
+)
+from auditor_server.model.loading import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a finished build produced."""
+
+    index_dir: Path
+    snapshot_id: str
+    n_records: int
+    n_rows: int
+    dim: int
+    shards_computed: int
+    shards_reused: int
+
+
+def build_index(
+    *,
+    model_dir: Path,
+    corpus_path: Path,
+    out_dir: Path,
+    feature_config: FeatureConfig | None = None,
+    index_config: IndexConfig | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> BuildResult | None:
+    """Build (or resume building) an attribution index.
+
+    Under ``torchrun`` every rank computes its share of the shards; rank 0 then fits the
+    preconditioner, builds the index and returns the result, other ranks return None.
+
+    Raises:
+        CorpusError: the corpus is invalid (nothing is written).
+        IndexMismatchError: ``out_dir`` holds a build of another model/corpus/config.
+    """
+    feature_config = feature_config or FeatureConfig()
+    index_config = index_config or IndexConfig()
+    with distributed_topology() as topo:
+        return _build(
+            topo, model_dir, corpus_path, out_dir, feature_config, index_config, device, progress
+        )
+
+
+def _build(
+    topo: Topology,
+    model_dir: Path,
+    corpus_path: Path,
+    out_dir: Path,
+    feature_config: FeatureConfig,
+    index_config: IndexConfig,
+    device: str,
+    progress: bool,
+) -> BuildResult | None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    catalog_path = out_dir / layout.CATALOG
+    if topo.is_main:
+        _ensure_catalog(corpus_path, catalog_path)
+    topo.barrier()
+    lm = load_model(model_dir, device=device)
+    with Catalog.open(catalog_path) as catalog:
+        featurizer = Featurizer(lm, feature_config)
+        token_ids, rows = featurizer.tokenize_records([r.text for r in catalog])
+        plan = _plan(lm, catalog, featurizer, feature_config, len(rows))
+        if topo.is_main:
+            _ensure_plan(out_dir, plan, rows)
+        topo.barrier()
+
+        store = ShardStore(out_dir)
+        if topo.is_main:
+            store.remove_stale_temporaries()
+        shards = plan_shards(len(rows), feature_config.shard_rows)
+        mine = [s for s in shards if topo.owns(s.index)]
+        todo = [s for s in mine if not store.is_done(s)]
+        bar = tqdm(
+            total=sum(s.stop - s.start for s in todo),
+            desc=f"featurize[rank {topo.rank}]" if topo.world_size > 1 else "featurize",
+            unit="row",
+            disable=not progress,
+            position=topo.rank,
+        )
+        with bar:
+            for spec in todo:
+                feats = featurizer.featurize_rows(
+                    token_ids, rows, range(spec.start, spec.stop), on_batch=bar.update
+                )
+                store.write(spec, feats)
+        topo.barrier()
+        if not topo.is_main:
+            return None
+        fit_and_write(out_dir, catalog, rows, store, shards, index_config)
+        snapshot_id = write_manifest(
+            out_dir, catalog, plan, index_config, store, shards, model_dir=lm.model_dir
+        )
+        return BuildResult(
+            index_dir=out_dir,
+            snapshot_id=snapshot_id,
+            n_records=len(catalog),
+            n_rows=len(rows),
+            dim=featurizer.capture.dim,
+            shards_computed=len(todo),
+            shards_reused=len(mine) - len(todo),
+        )
+
+
+def _ensure_catalog(corpus_path: Path, catalog_path: Path) -> None:
+    """Ingest the corpus, or check that an existing catalog holds exactly this corpus."""
+    records = read_corpus(corpus_path)
+    if catalog_path.exists():
+        with Catalog.open(catalog_path) as existing:
+            if existing.manifest_hash != corpus_manifest_hash(records):
+                raise IndexMismatchError(
+                    f"{catalog_path.parent} was built from a different corpus; "
+                    "use a new --out directory"
+                )
+        return
+    Catalog.create(catalog_path, records).close()
+
+
+def _plan(
+    lm: LoadedModel, catalog: Catalog, featurizer: Featurizer, config: FeatureConfig, n_rows: int
+) -> dict[str, Any]:
+    return {
+        "format_version": layout.FORMAT_VERSION,
+        "model_hash": lm.model_hash,
+        "tokenizer_hash": lm.tokenizer_hash,
+        "corpus_manifest_hash": catalog.manifest_hash,
+        "feature_config": config.to_dict(),
+        "modules": featurizer.module_names,
+        "n_rows": n_rows,
+    }
+
+
+def _ensure_plan(out_dir: Path, plan: dict[str, Any], rows: RowTable) -> None:
+    """Record the plan and row table, or check a resumed build matches them exactly."""
+    plan_path, rows_path = out_dir / layout.PLAN, out_dir / layout.ROWS
+    if plan_path.exists():
+        existing = json.loads(plan_path.read_text())
+        if existing != plan:
+            diff = sorted(k for k in plan if existing.get(k) != plan[k])
+            raise IndexMismatchError(
+                f"{out_dir} holds a build with a different {', '.join(diff)}; "
+                "use a new --out directory (or delete it) to start over"
+            )
+        with np.load(rows_path) as npz:
+            if not RowTable.from_arrays(dict(npz)).equals(rows):
+                raise IntegrityError(f"{rows_path}: stored row table differs from the corpus")
+        return
+    atomic_write(rows_path, lambda fh: np.savez(fh, **rows.to_arrays()))
+    atomic_write_json(plan_path, plan)
+
+
+def fit_and_write(
+    out_dir: Path,
+    catalog: Catalog,
+    rows: RowTable,
+    store: ShardStore,
+    shards: list[ShardSpec],
+    index_config: IndexConfig,
+) -> None:
+    """Fit the preconditioner, then write it, the vectors and the FAISS index."""
+    missing = [s.stem for s in shards if not store.is_done(s)]
+    if missing:
+        raise IntegrityError(f"shards not finished: {', '.join(missing[:5])}")
+    raw = store.read_all(shards)
+    fit_mask = _fit_mask(catalog, rows, index_config)
+    if not fit_mask.any():
+        raise ConfigError("no rows to fit the preconditioner on (every record is private?)")
+    precond = Preconditioner.fit(raw[fit_mask], index_config)
+    vectors = precond.apply(raw)
+    del raw
+    write_artifacts(out_dir, precond, vectors, index_config, fit_mask)
+
+
+def _fit_mask(catalog: Catalog, rows: RowTable, config: IndexConfig) -> NDArray[np.bool_]:
+    classes = np.asarray(catalog.data_classes())
+    if not config.exclude_private_from_fit:
+        return np.ones(len(rows), dtype=bool)
+    return np.asarray(classes[rows.record] != "private")
+
+
+def write_artifacts(
+    out_dir: Path,
+    precond: Preconditioner,
+    vectors: NDArray[np.float32],
+    config: IndexConfig,
+    fit_mask: NDArray[np.bool_],
+) -> None:
+    """Write preconditioner, fp16 vectors and FAISS index, each atomically."""
+    precond.save(out_dir / layout.PRECONDITIONER)
+    atomic_write(out_dir / layout.VECTORS, lambda fh: np.save(fh, vectors.astype(np.float16)))
+    index = build_faiss_index(vectors, config, train_mask=fit_mask)
+    with atomic_path(out_dir / layout.FAISS_INDEX) as tmp:
+        write_index(index, tmp)
+
+
+def write_manifest(
+    out_dir: Path,
+    catalog: Catalog,
+    plan: dict[str, Any],
+    index_config: IndexConfig,
+    store: ShardStore,
+    shards: list[ShardSpec],
+    *,
+    model_dir: Path,
+) -> str:
+    """Write the manifest that makes the index openable; returns the snapshot id."""
+    feature_config = FeatureConfig.from_dict(plan["feature_config"])
+    classes = catalog.data_classes()
+    artifacts = {
+        name: sha256_file(out_dir / name)
+        for name in (layout.PRECONDITIONER, layout.VECTORS, layout.FAISS_INDEX, layout.ROWS)
+    }
+    identity = {
+        "model_hash": plan["model_hash"],
+        "tokenizer_hash": plan["tokenizer_hash"],
+        "corpus_manifest_hash": plan["corpus_manifest_hash"],
+        "feature_config": plan["feature_config"],
+        "modules": plan["modules"],
+        "index_config": index_config.to_dict(),
+        "preconditioner_sha256": artifacts[layout.PRECONDITIONER],
+    }
+    snapshot_id = sha256_json(identity)
+    manifest = {
+        "format_version": layout.FORMAT_VERSION,
+        "snapshot_id": snapshot_id,
+        **identity,
+        "model_dir": str(model_dir.resolve()),
+        "n_records": len(catalog),
+        "records_per_class": {c: classes.count(c) for c in sorted(set(classes))},
+        "n_rows": plan["n_rows"],
+        "dim": len(plan["modules"]) * feature_config.dims_per_module,
+        "dims_per_module": feature_config.dims_per_module,
+        "artifacts": artifacts,
+        "shards": [
+            {
+                "file": store.data_path(s).name,
+                "start": s.start,
+                "stop": s.stop,
+                "sha256": store.checksum(s),
+            }
+            for s in shards
+        ],
+    }
+    atomic_write_json(out_dir / layout.MANIFEST, manifest)
+    return snapshot_id
+
+
+def reindex(index_dir: Path, index_config: IndexConfig) -> str:
+    """Refit preconditioner and FAISS index of a finished build from its stored shards.
+
+    Gradients are not recomputed, so trying another preconditioner, normalization or index
+    kind costs seconds. The snapshot id changes with the index config.
+
+    Raises:
+        ConfigError: ``index_dir`` is not a finished index.
+    """
+    manifest_path = index_dir / layout.MANIFEST
+    if not manifest_path.exists():
+        raise ConfigError(f"{index_dir} is not a finished index (no {layout.MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    plan = json.loads((index_dir / layout.PLAN).read_text())
+    feature_config = FeatureConfig.from_dict(plan["feature_config"])
+    with (
+        Catalog.open(index_dir / layout.CATALOG) as catalog,
+        np.load(index_dir / layout.ROWS) as npz,
+    ):
+        rows = RowTable.from_arrays(dict(npz))
+        store = ShardStore(index_dir)
+        shards = plan_shards(len(rows), feature_config.shard_rows)
+        fit_and_write(index_dir, catalog, rows, store, shards, index_config)
+        return write_manifest(
+            index_dir,
+            catalog,
+            plan,
+            index_config,
+            store,
+            shards,
+            model_dir=Path(manifest["model_dir"]),
+        )

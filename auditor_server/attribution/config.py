@@ -1,0 +1,140 @@
+"""Configuration of gradient featurization and of the attribution index.
+
+Two dataclasses, because they change at different times: :class:`FeatureConfig` fixes what
+a stored row *is* (which modules, which projection, which token windows) and cannot change
+without recomputing every gradient; :class:`IndexConfig` fixes how stored rows are compared
+(preconditioner, normalization, FAISS index kind) and can be refit from the stored features.
+Both are hashed into the index snapshot id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from auditor_server.errors import ConfigError
+
+PreconditionerKind = Literal["identity", "gn"]
+Normalization = Literal["cosine", "dot"]
+IndexKind = Literal["exact", "ivf-sq", "ivf-pq"]
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """What one stored row of the gradient store is, and how it was computed."""
+
+    proj_in: int = 8
+    """Rows of the input-side projection P_in (columns kept of each module's input)."""
+    proj_out: int = 8
+    """Columns of the output-side projection P_out; a module contributes proj_in*proj_out dims."""
+    seed: int = 0
+    """Seed of the random projections; part of the snapshot id so a query uses the same ones."""
+    include: tuple[str, ...] = ("*",)
+    """Glob patterns (fnmatch on qualified module names) of the Linear/Conv1D modules to track."""
+    exclude: tuple[str, ...] = ()
+    """Glob patterns of modules never tracked, applied after ``include``."""
+    span_tokens: int = 32
+    """Length of the token window of one row; a record longer than this becomes several rows,
+    so a single fact sentence is not drowned by the rest of its document."""
+    span_stride: int = 16
+    """Tokens between the starts of consecutive windows of one record."""
+    batch_size: int = 32
+    """Rows per forward+backward pass while featurizing."""
+    shard_rows: int = 1024
+    """Rows per on-disk shard: the unit of resumption and of work split across ranks."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "proj_in",
+            "proj_out",
+            "span_tokens",
+            "span_stride",
+            "batch_size",
+            "shard_rows",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"feature config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.span_stride > self.span_tokens:
+            raise ConfigError(
+                f"feature config: span_stride ({self.span_stride}) must not exceed "
+                f"span_tokens ({self.span_tokens}), or tokens between windows would be lost"
+            )
+        if not self.include:
+            raise ConfigError("feature config: include must name at least one module pattern")
+
+    @property
+    def dims_per_module(self) -> int:
+        """Dimensions one tracked module contributes to a row."""
+        return self.proj_in * self.proj_out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; round-trips through :meth:`from_dict`."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        """Rebuild from :meth:`to_dict` output, rejecting unknown keys."""
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How stored rows are compared with a query."""
+
+    preconditioner: PreconditionerKind = "gn"
+    """``gn``: damped projected Gauss-Newton/Fisher, one block per module, applied as F^-1/2 so
+    that directions common to many examples (shared by every sentence) count less;
+    ``identity``: raw projected gradients."""
+    damping: float = 0.1
+    """Damping of each Fisher block, relative to the block's mean eigenvalue."""
+    normalization: Normalization = "cosine"
+    """``cosine`` unit-normalizes rows and queries (scores in [-1, 1]); ``dot`` keeps magnitudes."""
+    index: IndexKind = "exact"
+    """FAISS index kind: exact inner product, or IVF with scalar/product quantization."""
+    nlist: int = 0
+    """IVF cells; 0 picks about 4*sqrt(N)."""
+    nprobe: int = 16
+    """IVF cells visited per query."""
+    pq_m: int = 0
+    """PQ sub-quantizers (one byte each) for ``ivf-pq``; 0 picks dims/8."""
+    rerank: int = 10
+    """For IVF kinds: fetch top_k*rerank candidates, then re-score them exactly."""
+    exclude_private_from_fit: bool = True
+    """Fit the preconditioner (and IVF quantizers) on non-private rows only, so that no answer
+    about other data depends on private records being in the store."""
+
+    def __post_init__(self) -> None:
+        if self.preconditioner not in ("identity", "gn"):
+            raise ConfigError(f"index config: unknown preconditioner {self.preconditioner!r}")
+        if self.normalization not in ("cosine", "dot"):
+            raise ConfigError(f"index config: unknown normalization {self.normalization!r}")
+        if self.index not in ("exact", "ivf-sq", "ivf-pq"):
+            raise ConfigError(f"index config: unknown index kind {self.index!r}")
+        if not self.damping > 0:
+            raise ConfigError(f"index config: damping must be > 0, got {self.damping}")
+        if self.nlist < 0 or self.nprobe < 1 or self.rerank < 1 or self.pq_m < 0:
+            raise ConfigError("index config: nlist/pq_m must be >= 0, nprobe/rerank >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; round-trips through :meth:`from_dict`."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexConfig:
+        """Rebuild from :meth:`to_dict` output, rejecting unknown keys."""
+        return _from_dict(cls, data)
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return dict(json.loads(json.dumps(data)))
+
+
+def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown option(s) {', '.join(unknown)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**kwargs)

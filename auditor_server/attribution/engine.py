@@ -1,0 +1,324 @@
+"""``AttributionEngine``: open a built index and answer attribution queries.
+
+A query is the gradient of log p(completion | prompt), captured, projected and preconditioned
+exactly like the stored rows, then matched against them by inner product. Rows are windows,
+answers are records: each record is scored by its best window, and the answer says which
+window that was and how much each tracked module contributed to the score.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from auditor_server.attribution import layout
+from auditor_server.attribution.config import FeatureConfig, IndexConfig
+from auditor_server.attribution.featurize import Featurizer
+from auditor_server.attribution.index import RowSelector, read_index, search
+from auditor_server.attribution.precondition import Preconditioner
+from auditor_server.attribution.spans import RowTable
+from auditor_server.corpus.catalog import Catalog
+from auditor_server.errors import ConfigError, IndexMismatchError, InputError, IntegrityError
+from auditor_server.fsutil import sha256_file
+from auditor_server.model.generation import ScoreResult, generate, score
+from auditor_server.model.loading import LoadedModel, hash_model_files, load_model
+
+MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where in its record the best-matching window lies."""
+
+    tok_start: int
+    tok_end: int
+    char_start: int
+    char_end: int
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """One training record's influence on a query."""
+
+    rank: int
+    record_id: str
+    data_class: str
+    score: float
+    span: Span
+    module_shares: dict[str, float] = field(repr=False)
+    """Fraction of ``score`` contributed by each tracked module (sums to 1)."""
+
+
+@dataclass(frozen=True)
+class AttributionAnswer:
+    """The ranked answer to one query, with the snapshot it came from."""
+
+    prompt: str
+    completion: str
+    completion_logprob: float
+    results: list[Attribution]
+    snapshot_id: str
+
+
+class AttributionEngine:
+    """A loaded model plus its index, ready to attribute, generate and score."""
+
+    def __init__(
+        self,
+        *,
+        index_dir: Path,
+        manifest: dict[str, Any],
+        lm: LoadedModel,
+        catalog: Catalog,
+        rows: RowTable,
+        featurizer: Featurizer,
+        preconditioner: Preconditioner,
+        vectors: NDArray[np.float16],
+        index: Any,
+        index_config: IndexConfig,
+    ) -> None:
+        self.index_dir = index_dir
+        self.manifest = manifest
+        self.lm = lm
+        self.catalog = catalog
+        self.rows = rows
+        self.featurizer = featurizer
+        self.preconditioner = preconditioner
+        self.vectors = vectors
+        self.index = index
+        self.index_config = index_config
+        self._row_class = np.asarray(catalog.data_classes())[rows.record]
+        self._selectors: dict[frozenset[str], RowSelector | None] = {}
+
+    @property
+    def snapshot_id(self) -> str:
+        return str(self.manifest["snapshot_id"])
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: Path | str,
+        *,
+        model_dir: Path | str | None = None,
+        device: str = "cpu",
+        verify: bool = True,
+    ) -> AttributionEngine:
+        """Open an index built by ``auditor-server build``.
+
+        Args:
+            index_dir: the build's output directory.
+            model_dir: the model to query with; defaults to the one the index was built from.
+                Its weights and tokenizer must hash to the values recorded in the index.
+            device: torch device for queries.
+            verify: check the artifacts' checksums against the manifest.
+
+        Raises:
+            ConfigError: not a finished index directory.
+            IndexMismatchError: the model or tokenizer differs from the one indexed.
+            IntegrityError: an artifact fails its checksum.
+        """
+        root = Path(index_dir)
+        manifest_path = root / layout.MANIFEST
+        if not manifest_path.exists():
+            raise ConfigError(
+                f"{root} is not a finished index (no {layout.MANIFEST}); run or rerun "
+                "`auditor-server build`"
+            )
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format_version") != layout.FORMAT_VERSION:
+            raise ConfigError(f"{root}: unsupported index format {manifest.get('format_version')}")
+        if verify:
+            for name, digest in manifest["artifacts"].items():
+                if sha256_file(root / name) != digest:
+                    raise IntegrityError(f"{root / name}: checksum differs from the manifest")
+        mdir = Path(model_dir) if model_dir is not None else Path(manifest["model_dir"])
+        model_hash, tokenizer_hash = hash_model_files(mdir)
+        if model_hash != manifest["model_hash"]:
+            raise IndexMismatchError(
+                f"model at {mdir} ({model_hash[:19]}…) is not the model this index was built "
+                f"with ({manifest['model_hash'][:19]}…)"
+            )
+        if tokenizer_hash != manifest["tokenizer_hash"]:
+            raise IndexMismatchError(
+                f"tokenizer at {mdir} ({tokenizer_hash[:19]}…) differs from the indexed one "
+                f"({manifest['tokenizer_hash'][:19]}…)"
+            )
+        lm = load_model(mdir, device=device)
+        feature_config = FeatureConfig.from_dict(manifest["feature_config"])
+        featurizer = Featurizer(lm, feature_config)
+        if featurizer.module_names != manifest["modules"]:
+            raise IndexMismatchError("tracked modules of the model differ from the indexed ones")
+        with np.load(root / layout.ROWS) as npz:
+            rows = RowTable.from_arrays(dict(npz))
+        vectors = np.load(root / layout.VECTORS, mmap_mode="r")
+        return cls(
+            index_dir=root,
+            manifest=manifest,
+            lm=lm,
+            catalog=Catalog.open(root / layout.CATALOG),
+            rows=rows,
+            featurizer=featurizer,
+            preconditioner=Preconditioner.load(root / layout.PRECONDITIONER),
+            vectors=vectors,
+            index=read_index(root / layout.FAISS_INDEX),
+            index_config=IndexConfig.from_dict(manifest["index_config"]),
+        )
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> AttributionEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- queries -------------------------------------------------------------------------
+
+    def attribute(
+        self,
+        prompt: str,
+        completion: str,
+        *,
+        top_k: int = 10,
+        exclude_classes: Collection[str] = (),
+    ) -> AttributionAnswer:
+        """Rank training records by their influence on log p(completion | prompt).
+
+        Args:
+            prompt: conditioning text.
+            completion: the output whose provenance is asked about (must be non-empty).
+            top_k: number of records returned (1..1000).
+            exclude_classes: data classes removed *before* ranking: they take no rank and
+                change no score or count of any other result.
+
+        Raises:
+            InputError: empty completion, bad ``top_k`` or unknown data class.
+        """
+        return self.attribute_many(
+            [(prompt, completion)], top_k=top_k, exclude_classes=exclude_classes
+        )[0]
+
+    def attribute_many(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        top_k: int = 10,
+        exclude_classes: Collection[str] = (),
+    ) -> list[AttributionAnswer]:
+        """:meth:`attribute` for many queries, featurized in batches."""
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise InputError(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        for prompt, completion in pairs:
+            if not completion:
+                raise InputError("completion must not be empty")
+            if not isinstance(prompt, str):
+                raise InputError("prompt must be a string")
+        selector = self._selector(frozenset(exclude_classes))
+        raw = self.featurizer.featurize_queries(pairs)
+        queries = self.preconditioner.apply(raw)
+        logprobs = [score(self.lm, p, c).logprob for p, c in pairs]
+        return [
+            AttributionAnswer(
+                prompt=p,
+                completion=c,
+                completion_logprob=lp,
+                results=self._rank(q, top_k, selector),
+                snapshot_id=self.snapshot_id,
+            )
+            for (p, c), q, lp in zip(pairs, queries, logprobs, strict=True)
+        ]
+
+    def generate(self, prompt: str, **kwargs: Any) -> str:
+        """Continue ``prompt`` with the indexed model (see ``model.generation.generate``)."""
+        return generate(self.lm, prompt, **kwargs)
+
+    def score(self, prompt: str, completion: str) -> ScoreResult:
+        """log p(completion | prompt) under the indexed model."""
+        return score(self.lm, prompt, completion)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _selector(self, excluded: frozenset[str]) -> RowSelector | None:
+        unknown = excluded - {"public", "proprietary", "private"}
+        if unknown:
+            raise InputError(f"unknown data class(es) to exclude: {', '.join(sorted(unknown))}")
+        if excluded not in self._selectors:
+            if not excluded:
+                self._selectors[excluded] = None
+            else:
+                allowed = ~np.isin(self._row_class, sorted(excluded))
+                self._selectors[excluded] = RowSelector(allowed)
+        return self._selectors[excluded]
+
+    def _rank(
+        self, query: NDArray[np.float32], top_k: int, selector: RowSelector | None
+    ) -> list[Attribution]:
+        n_allowed = selector.count if selector is not None else len(self.rows)
+        exact = self.index_config.index == "exact"
+        k_rows = min(n_allowed, top_k * 8)
+        while True:
+            fetch = k_rows if exact else min(n_allowed, k_rows * self.index_config.rerank)
+            _, ids = search(
+                self.index,
+                query[None, :],
+                max(fetch, 1),
+                selector=selector,
+                nprobe=self.index_config.nprobe,
+            )
+            cand = ids[0][ids[0] >= 0]
+            # Re-score every candidate exactly from the stored vectors, so scores do not
+            # depend on the index kind's quantization.
+            cand_vecs = np.asarray(self.vectors[np.sort(cand)], dtype=np.float32)
+            cand = np.sort(cand)
+            scores = cand_vecs @ query
+            best: dict[int, tuple[float, int]] = {}
+            for row, s in zip(cand.tolist(), scores.tolist(), strict=True):
+                rec = int(self.rows.record[row])
+                if (
+                    rec not in best
+                    or s > best[rec][0]
+                    or (s == best[rec][0] and row < best[rec][1])
+                ):
+                    best[rec] = (s, row)
+            if len(best) >= top_k or k_rows >= n_allowed:
+                break
+            k_rows = min(n_allowed, k_rows * 4)
+        ordered = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
+        return [
+            self._result(rank, rec, s, row, query)
+            for rank, (rec, (s, row)) in enumerate(ordered, start=1)
+        ]
+
+    def _result(
+        self, rank: int, record: int, score_: float, row: int, query: NDArray[np.float32]
+    ) -> Attribution:
+        rec = self.catalog.record_at(record)
+        vec = np.asarray(self.vectors[row], dtype=np.float32)
+        dims = self.featurizer.config.dims_per_module
+        contrib = (vec * query).reshape(-1, dims).sum(axis=1)
+        total = float(contrib.sum())
+        shares = {
+            name: (float(c) / total if total else 0.0)
+            for name, c in zip(self.featurizer.module_names, contrib, strict=True)
+        }
+        r = self.rows
+        return Attribution(
+            rank=rank,
+            record_id=rec.id,
+            data_class=rec.source.data_class,
+            score=float(score_),
+            span=Span(
+                int(r.tok_start[row]),
+                int(r.tok_end[row]),
+                int(r.char_start[row]),
+                int(r.char_end[row]),
+            ),
+            module_shares=shares,
+        )

@@ -1,0 +1,110 @@
+"""Turning token windows and query pairs into projected gradient features.
+
+Training rows and queries go through the same capture code, so a query and the rows it is
+compared with live in exactly the same feature space. They differ only in which tokens the
+loss counts: every predicted token of a training window, but only the completion of a query
+(the measurement is log p(completion | prompt)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from auditor_server.attribution.capture import GradientCapture, featurize_batch
+from auditor_server.attribution.config import FeatureConfig
+from auditor_server.attribution.spans import RowTable, cut_rows
+from auditor_server.model.generation import adds_bos, encode_pair
+from auditor_server.model.loading import LoadedModel
+
+
+class Featurizer:
+    """Computes features for rows and queries with one model and one feature config."""
+
+    def __init__(self, lm: LoadedModel, config: FeatureConfig) -> None:
+        self.lm = lm
+        self.config = config
+        self.capture = GradientCapture(lm.model, config)
+        tok = lm.tokenizer
+        self._prefix = [int(tok.bos_token_id)] if adds_bos(tok) else []
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self._pad_id = int(pad) if pad is not None else 0
+
+    @property
+    def module_names(self) -> list[str]:
+        return self.capture.module_names
+
+    @property
+    def n_modules(self) -> int:
+        return len(self.capture.modules)
+
+    def tokenize_records(self, texts: Sequence[str]) -> tuple[list[list[int]], RowTable]:
+        """Token ids of every record and the windows cut from them."""
+        enc = self.lm.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        ids = [list(map(int, x)) for x in enc["input_ids"]]
+        rows = cut_rows(
+            enc["offset_mapping"], span=self.config.span_tokens, stride=self.config.span_stride
+        )
+        return ids, rows
+
+    def window(self, record_ids: Sequence[int], start: int, stop: int) -> list[int]:
+        """The model input of one row: optional BOS, then the window's tokens."""
+        return [*self._prefix, *record_ids[start:stop]]
+
+    def featurize_rows(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        rows: RowTable,
+        indices: Sequence[int],
+        *,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> NDArray[np.float32]:
+        """Raw features ``(len(indices), modules, dims)`` of the given rows, in that order.
+
+        Rows are batched by length (a deterministic order) to waste little work on padding;
+        each row's features do not depend on its batch-mates.
+        """
+        order = sorted(
+            range(len(indices)),
+            key=lambda j: (int(rows.tok_end[indices[j]] - rows.tok_start[indices[j]]), j),
+        )
+        out = np.empty((len(indices), self.n_modules, self.config.dims_per_module), np.float32)
+        bs = self.config.batch_size
+        for b in range(0, len(order), bs):
+            chunk = order[b : b + bs]
+            seqs = []
+            for j in chunk:
+                r = indices[j]
+                seqs.append(
+                    self.window(
+                        token_ids[int(rows.record[r])], int(rows.tok_start[r]), int(rows.tok_end[r])
+                    )
+                )
+            feats = featurize_batch(
+                self.capture, seqs, [len(self._prefix)] * len(seqs), pad_id=self._pad_id
+            )
+            out[chunk] = feats.numpy()
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return out
+
+    def featurize_queries(self, pairs: Sequence[tuple[str, str]]) -> NDArray[np.float32]:
+        """Raw features ``(len(pairs), modules, dims)`` of log p(completion | prompt) queries."""
+        out = np.empty((len(pairs), self.n_modules, self.config.dims_per_module), np.float32)
+        bs = self.config.batch_size
+        for b in range(0, len(pairs), bs):
+            encoded = [encode_pair(self.lm.tokenizer, p, c) for p, c in pairs[b : b + bs]]
+            feats = featurize_batch(
+                self.capture, [e[0] for e in encoded], [e[1] for e in encoded], pad_id=self._pad_id
+            )
+            out[b : b + len(encoded)] = feats.numpy()
+        return out
+
+
+def set_torch_threads(n_threads: int | None) -> None:
+    """Use ``n_threads`` intra-op threads (None leaves torch's default)."""
+    if n_threads:
+        torch.set_num_threads(max(1, n_threads))

@@ -1,0 +1,120 @@
+"""FAISS inner-product index over preconditioned rows, with filtering before ranking.
+
+The index answers "which rows are closest to this query" and nothing else; record-level
+aggregation and policy live above it. Filtering uses a FAISS ID selector inside the search,
+so excluded rows (private records) are never ranked, never counted and never displace an
+allowed row from the candidate list: the answer over the allowed rows is the same as if the
+excluded rows had never been stored.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from auditor_server.attribution.config import IndexConfig
+from auditor_server.errors import ConfigError
+
+
+def import_faiss() -> Any:
+    """Import faiss lazily, with an install hint: the thin client never needs it."""
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ConfigError(
+            "faiss is not installed; install the lab extras: pip install 'auditor-sandbox[server]'"
+        ) from exc
+    return faiss
+
+
+def default_nlist(n_rows: int) -> int:
+    """About 4·√N cells, at least 1, and few enough that each cell trains on ≥ 39 points."""
+    return max(1, min(int(4 * math.sqrt(max(n_rows, 1))), max(1, n_rows // 39)))
+
+
+def build_faiss_index(
+    vectors: NDArray[np.float32],
+    config: IndexConfig,
+    *,
+    train_mask: NDArray[np.bool_] | None = None,
+) -> Any:
+    """Build the configured index over ``vectors`` (row ``i`` gets id ``i``).
+
+    Args:
+        vectors: ``(n, d)`` float32 rows.
+        config: index kind and IVF parameters.
+        train_mask: rows the IVF quantizers may be trained on (all when None); the lab trains
+            them on non-private rows so private data cannot shape answers about other data.
+    """
+    faiss = import_faiss()
+    d = vectors.shape[1]
+    metric = faiss.METRIC_INNER_PRODUCT
+    if config.index == "exact":
+        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, metric)
+        index.add(np.ascontiguousarray(vectors))
+        return index
+    train = vectors if train_mask is None else vectors[train_mask]
+    nlist = config.nlist or default_nlist(train.shape[0])
+    quantizer = faiss.IndexFlatIP(d)
+    if config.index == "ivf-sq":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, metric
+        )
+    else:
+        m = config.pq_m or max(1, d // 8)
+        while d % m:
+            m -= 1
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, metric)
+    index.train(np.ascontiguousarray(train))
+    index.add(np.ascontiguousarray(vectors))
+    index.nprobe = config.nprobe
+    return index
+
+
+def write_index(index: Any, path: Path) -> None:
+    """Serialize an index (callers wrap this in an atomic path)."""
+    import_faiss().write_index(index, str(path))
+
+
+def read_index(path: Path) -> Any:
+    """Load an index memory-mapped where FAISS supports it for that kind."""
+    faiss = import_faiss()
+    for flag in (getattr(faiss, "IO_FLAG_MMAP_IFC", None), faiss.IO_FLAG_MMAP, 0):
+        if flag is None:
+            continue
+        try:
+            return faiss.read_index(str(path), flag)
+        except RuntimeError:
+            continue
+    raise ConfigError(f"{path}: cannot read FAISS index")
+
+
+class RowSelector:
+    """A reusable FAISS selector that admits only rows where ``allowed`` is True."""
+
+    def __init__(self, allowed: NDArray[np.bool_]) -> None:
+        faiss = import_faiss()
+        self.allowed = allowed
+        self.count = int(allowed.sum())
+        # The bitmap must outlive the selector, which only keeps a pointer to it.
+        self._bits = np.packbits(allowed.astype(np.uint8), bitorder="little")
+        self.selector = faiss.IDSelectorBitmap(allowed.shape[0], faiss.swig_ptr(self._bits))
+
+
+def search(
+    index: Any, queries: NDArray[np.float32], k: int, *, selector: RowSelector | None, nprobe: int
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Top-``k`` rows per query among the selected rows; ids of -1 mean "fewer than k"."""
+    faiss = import_faiss()
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    sel = selector.selector if selector is not None else None
+    if isinstance(index, faiss.IndexIVF):
+        params: Any = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+    else:
+        params = faiss.SearchParameters(sel=sel)
+    scores, ids = index.search(q, k, params=params)
+    return scores, ids

@@ -1,0 +1,80 @@
+"""Projected Gauss-Newton/Fisher preconditioning, one block per tracked module.
+
+Raw gradient similarity is dominated by directions that almost every example shares (the
+gradient of "predict a plausible next word"), so a fact sentence looks like any sentence.
+Whitening each module's projected features with ``(F + λI)^-1/2``, where ``F`` is their
+empirical second moment over the training rows (the projected empirical Fisher, equal to the
+Gauss-Newton matrix for a log-likelihood loss), turns the inner product into
+``q_mᵀ (F+λI)^-1 φ_m``: directions common to many examples are divided by their large
+variance, rare, example-specific directions keep their weight. ``λ`` is set per block relative
+to its mean eigenvalue so the damping means the same for every module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from auditor_server.attribution.config import IndexConfig
+from auditor_server.fsutil import atomic_write
+
+
+@dataclass(frozen=True)
+class Preconditioner:
+    """Per-module linear maps applied to ``(n, modules, dims)`` features, then flattened."""
+
+    kind: str
+    transforms: NDArray[np.float32]  # (modules, dims, dims); identity for kind == "identity"
+    normalization: str
+
+    @classmethod
+    def fit(cls, features: NDArray[np.float32], config: IndexConfig) -> Preconditioner:
+        """Fit on raw training features ``(n, modules, dims)``."""
+        _, n_modules, dims = features.shape
+        if config.preconditioner == "identity":
+            eye = np.broadcast_to(np.eye(dims, dtype=np.float32), (n_modules, dims, dims))
+            return cls("identity", np.ascontiguousarray(eye), config.normalization)
+        transforms = np.empty((n_modules, dims, dims), dtype=np.float32)
+        for m in range(n_modules):
+            block = features[:, m, :].astype(np.float64)
+            fisher = block.T @ block / max(block.shape[0], 1)
+            eigvals, eigvecs = np.linalg.eigh(fisher)
+            eigvals = np.clip(eigvals, 0.0, None)
+            mean = float(eigvals.mean())
+            damping = config.damping * (mean if mean > 0 else 1.0)
+            inv_sqrt = eigvecs @ np.diag(1.0 / np.sqrt(eigvals + damping)) @ eigvecs.T
+            transforms[m] = inv_sqrt.astype(np.float32)
+        return cls("gn", transforms, config.normalization)
+
+    def apply(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Preconditioned, optionally unit-normalized, flattened rows ``(n, modules*dims)``."""
+        # (n, m, d) x (m, d, d) -> (n, m, d); the transforms are symmetric.
+        out = np.einsum("nmd,mde->nme", features.astype(np.float32), self.transforms)
+        flat = np.ascontiguousarray(out.reshape(out.shape[0], -1), dtype=np.float32)
+        if self.normalization == "cosine":
+            norms = np.linalg.norm(flat, axis=1, keepdims=True)
+            flat /= np.where(norms > 0, norms, 1.0)
+        return flat
+
+    def save(self, path: Path) -> None:
+        """Atomically write the fitted maps."""
+        atomic_write(
+            path,
+            lambda fh: np.savez(
+                fh,
+                kind=np.array(self.kind),
+                transforms=self.transforms,
+                normalization=np.array(self.normalization),
+            ),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Preconditioner:
+        """Read maps written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as npz:
+            return cls(
+                str(npz["kind"]), npz["transforms"].astype(np.float32), str(npz["normalization"])
+            )

@@ -1,0 +1,443 @@
+"""``auditor-server``: the lab's command line.
+
+Each command is a thin shell over a library function; errors the lab side raises on purpose
+(:class:`~auditor_server.errors.SandboxError`) become one clear line on stderr and an exit
+code that says who is at fault, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from auditor_server import __version__
+from auditor_server.errors import ConfigError, InputError, IntegrityError, SandboxError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (
+    (InputError, 2),
+    (ConfigError, 3),
+    (IntegrityError, 4),
+    (SandboxError, 1),
+)
+
+
+class _Group(click.Group):
+    """Maps deliberate errors to one stderr line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SandboxError as exc:
+            code = next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(code)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="auditor-server")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Lab side of auditor-sandbox: corpus, model, gradient index and attribution."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _path(exists: bool = False, **kw: Any) -> click.Path:
+    return click.Path(path_type=Path, exists=exists, **kw)
+
+
+# --- corpus ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--corpus", required=True, type=_path(dir_okay=False), help="JSONL corpus file.")
+@click.option(
+    "--catalog", required=True, type=_path(dir_okay=False), help="SQLite catalog to create."
+)
+def ingest(corpus: Path, catalog: Path) -> None:
+    """Validate a JSONL corpus and store it as a SQLite catalog (all or nothing)."""
+    from auditor_server.corpus.catalog import ingest as ingest_corpus
+    from auditor_server.errors import CorpusError
+
+    try:
+        with ingest_corpus(corpus, catalog) as cat:
+            click.echo(f"ingested {len(cat)} records into {catalog} ({cat.manifest_hash})")
+    except CorpusError as exc:
+        raise InputError(f"{corpus.name}: {exc}") from exc
+
+
+@main.command("demo-corpus")
+@click.option("--out", required=True, type=_path(dir_okay=False), help="Corpus JSONL to write.")
+@click.option("--seed", default=0, show_default=True, help="Generator seed.")
+@click.option("--size", type=click.Choice(["demo", "tiny"]), default="demo", show_default=True)
+@click.option(
+    "--questions",
+    type=_path(dir_okay=False),
+    default=None,
+    help="Question file to write [default: next to --out, *.questions.jsonl].",
+)
+@click.option(
+    "--background-dir",
+    type=_path(file_okay=False),
+    default=None,
+    help="Public-domain texts fetched by scripts/fetch_background.sh.",
+)
+def demo_corpus(
+    out: Path, seed: int, size: str, questions: Path | None, background_dir: Path | None
+) -> None:
+    """Generate the deterministic demo corpus and its question file."""
+    from auditor_server.corpus.demo import generate_demo_corpus
+
+    summary = generate_demo_corpus(
+        out,
+        seed=seed,
+        size=size,  # type: ignore[arg-type]
+        questions_out=questions,
+        background_dir=background_dir,
+    )
+    counts = ", ".join(f"{k}={v}" for k, v in summary.counts.items())
+    click.echo(f"wrote {summary.corpus_path} ({counts}) and {summary.questions_path}")
+    click.echo(f"background: {', '.join(summary.background_sources) or 'none'}")
+
+
+# --- model -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--corpus", required=True, type=_path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=_path(file_okay=False), help="Model directory to write.")
+@click.option("--preset", type=click.Choice(["tiny", "demo"]), default="demo", show_default=True)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs."
+)
+@click.option("--seed", default=0, show_default=True)
+def train(corpus: Path, out: Path, preset: str, epochs: int | None, seed: int) -> None:
+    """Train a small GPT-2-style model (and its tokenizer) on a corpus, on CPU."""
+    from auditor_server.model.train import train_model
+
+    summary = train_model(corpus, out, preset=preset, epochs=epochs, seed=seed)
+    click.echo(
+        f"trained {summary.num_parameters:,} parameters for {summary.epochs} epochs "
+        f"({summary.steps} steps, {summary.seconds:.0f}s), final loss {summary.final_loss:.3f}"
+        f" -> {summary.out_dir}"
+    )
+
+
+# --- index -----------------------------------------------------------------------------
+
+
+def _feature_options(fn: F) -> F:
+    from auditor_server.attribution.config import FeatureConfig
+
+    d = FeatureConfig()
+    opts = [
+        click.option(
+            "--proj-in",
+            type=click.IntRange(min=1),
+            default=d.proj_in,
+            show_default=True,
+            help="Input-side projection size per module.",
+        ),
+        click.option(
+            "--proj-out",
+            type=click.IntRange(min=1),
+            default=d.proj_out,
+            show_default=True,
+            help="Output-side projection size per module.",
+        ),
+        click.option(
+            "--proj-seed",
+            type=int,
+            default=d.seed,
+            show_default=True,
+            help="Seed of the random projections.",
+        ),
+        click.option(
+            "--include",
+            multiple=True,
+            default=d.include,
+            show_default=True,
+            help="Glob of module names to track (repeatable).",
+        ),
+        click.option(
+            "--exclude",
+            multiple=True,
+            default=d.exclude,
+            help="Glob of module names not to track (repeatable).",
+        ),
+        click.option(
+            "--span-tokens",
+            type=click.IntRange(min=1),
+            default=d.span_tokens,
+            show_default=True,
+            help="Tokens per indexed window.",
+        ),
+        click.option(
+            "--span-stride",
+            type=click.IntRange(min=1),
+            default=d.span_stride,
+            show_default=True,
+            help="Tokens between window starts.",
+        ),
+        click.option(
+            "--batch-size", type=click.IntRange(min=1), default=d.batch_size, show_default=True
+        ),
+        click.option(
+            "--shard-rows",
+            type=click.IntRange(min=1),
+            default=d.shard_rows,
+            show_default=True,
+            help="Rows per resumable shard.",
+        ),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _index_options(fn: F) -> F:
+    from auditor_server.attribution.config import IndexConfig
+
+    d = IndexConfig()
+    opts = [
+        click.option(
+            "--preconditioner",
+            type=click.Choice(["gn", "identity"]),
+            default=d.preconditioner,
+            show_default=True,
+        ),
+        click.option(
+            "--damping",
+            type=float,
+            default=d.damping,
+            show_default=True,
+            help="Fisher damping relative to each block's mean eigenvalue.",
+        ),
+        click.option(
+            "--normalization",
+            type=click.Choice(["cosine", "dot"]),
+            default=d.normalization,
+            show_default=True,
+        ),
+        click.option(
+            "--index-kind",
+            type=click.Choice(["exact", "ivf-sq", "ivf-pq"]),
+            default=d.index,
+            show_default=True,
+        ),
+        click.option(
+            "--nlist",
+            type=click.IntRange(min=0),
+            default=d.nlist,
+            show_default=True,
+            help="IVF cells (0: about 4*sqrt(rows)).",
+        ),
+        click.option("--nprobe", type=click.IntRange(min=1), default=d.nprobe, show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _feature_config(kw: dict[str, Any]) -> Any:
+    from auditor_server.attribution.config import FeatureConfig
+
+    return FeatureConfig(
+        proj_in=kw["proj_in"],
+        proj_out=kw["proj_out"],
+        seed=kw["proj_seed"],
+        include=tuple(kw["include"]),
+        exclude=tuple(kw["exclude"]),
+        span_tokens=kw["span_tokens"],
+        span_stride=kw["span_stride"],
+        batch_size=kw["batch_size"],
+        shard_rows=kw["shard_rows"],
+    )
+
+
+def _index_config(kw: dict[str, Any]) -> Any:
+    from auditor_server.attribution.config import IndexConfig
+
+    return IndexConfig(
+        preconditioner=kw["preconditioner"],
+        damping=kw["damping"],
+        normalization=kw["normalization"],
+        index=kw["index_kind"],
+        nlist=kw["nlist"],
+        nprobe=kw["nprobe"],
+    )
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option("--corpus", required=True, type=_path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=_path(file_okay=False), help="Index directory.")
+@click.option(
+    "--questions",
+    type=_path(exists=True, dir_okay=False),
+    default=None,
+    help="Evaluate on this question file when the index is built.",
+)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@_feature_options
+@_index_options
+def build(
+    model_dir: Path,
+    corpus: Path,
+    out: Path,
+    questions: Path | None,
+    device: str,
+    no_progress: bool,
+    **kw: Any,
+) -> None:
+    """Ingest, featurize (resumable; torchrun-shardable), precondition and index a corpus."""
+    from auditor_server.attribution.build import build_index
+
+    result = build_index(
+        model_dir=model_dir,
+        corpus_path=corpus,
+        out_dir=out,
+        feature_config=_feature_config(kw),
+        index_config=_index_config(kw),
+        device=device,
+        progress=not no_progress,
+    )
+    if result is None:  # a non-zero torchrun rank: rank 0 reports
+        return
+    click.echo(
+        f"indexed {result.n_rows:,} rows of {result.n_records:,} records "
+        f"(dim {result.dim}; {result.shards_computed} shards computed, "
+        f"{result.shards_reused} reused) -> {result.index_dir}\nsnapshot {result.snapshot_id}"
+    )
+    if questions is not None:
+        _run_evaluation(out, questions, as_json=False, progress=not no_progress, device=device)
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option("--no-progress", is_flag=True)
+@_index_options
+def reindex(index_dir: Path, no_progress: bool, **kw: Any) -> None:
+    """Refit preconditioner and FAISS index from stored features (no gradient recompute)."""
+    from auditor_server.attribution.build import reindex as reindex_fn
+
+    snapshot = reindex_fn(index_dir, _index_config(kw))
+    click.echo(f"reindexed {index_dir}\nsnapshot {snapshot}")
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option("--prompt", required=True)
+@click.option("--completion", required=True)
+@click.option("--top-k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option(
+    "--exclude-class",
+    multiple=True,
+    type=click.Choice(["public", "proprietary", "private"]),
+    help="Remove a data class before ranking (repeatable).",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=_path(exists=True, file_okay=False),
+    default=None,
+    help="Model directory [default: the one the index was built with].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def attribute(
+    index_dir: Path,
+    prompt: str,
+    completion: str,
+    top_k: int,
+    exclude_class: tuple[str, ...],
+    model_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Which training records most influenced log p(COMPLETION | PROMPT)?"""
+    from auditor_server.attribution.engine import AttributionEngine
+
+    with AttributionEngine.open(index_dir, model_dir=model_dir) as engine:
+        answer = engine.attribute(prompt, completion, top_k=top_k, exclude_classes=exclude_class)
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(answer), indent=2))
+            return
+        click.echo(f"log p(completion | prompt) = {answer.completion_logprob:.3f}")
+        for r in answer.results:
+            rec = engine.catalog.get(r.record_id)
+            text = rec.text[r.span.char_start : r.span.char_end].replace("\n", " ")
+            click.echo(f"{r.rank:>3}. {r.score:+.4f}  {r.record_id} [{r.data_class}] «{text}»")
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option("--questions", required=True, type=_path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-progress", is_flag=True)
+def evaluate(
+    index_dir: Path, questions: Path, as_json: bool, device: str, no_progress: bool
+) -> None:
+    """Recall@1, recall@10 and MRR of attribution vs. BM25 on a question file."""
+    _run_evaluation(index_dir, questions, as_json=as_json, progress=not no_progress, device=device)
+
+
+def _run_evaluation(
+    index_dir: Path, questions: Path, *, as_json: bool, progress: bool, device: str
+) -> None:
+    from auditor_server.attribution import layout
+    from auditor_server.attribution.engine import AttributionEngine
+    from auditor_server.attribution.evaluate import evaluate as evaluate_fn
+    from auditor_server.attribution.evaluate import read_questions
+    from auditor_server.fsutil import atomic_write_json
+
+    qs = read_questions(questions)
+    with AttributionEngine.open(index_dir, device=device) as engine:
+        result = evaluate_fn(engine, qs, progress=progress)
+    result["questions_file"] = str(questions)
+    atomic_write_json(index_dir / layout.EVALUATION, result)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{'questions':<12} {'method':<9} {'recall@1':>9} {'recall@10':>10} {'mrr@10':>8}")
+    for name, block in [("all", result["overall"]), *result["by_kind"].items()]:
+        for method in ("gradient", "bm25"):
+            m = block[method]
+            click.echo(
+                f"{name + ' (' + str(m['n']) + ')':<12} {method:<9} {m['recall@1']:>9.3f} "
+                f"{m['recall@10']:>10.3f} {m['mrr@10']:>8.3f}"
+            )
+    click.echo(f"saved to {index_dir / layout.EVALUATION}")
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option("--prompt", required=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=32, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+def generate(
+    index_dir: Path, prompt: str, max_new_tokens: int, temperature: float, seed: int | None
+) -> None:
+    """Continue PROMPT with the indexed model (greedy unless --temperature > 0)."""
+    from auditor_server.attribution.engine import AttributionEngine
+
+    with AttributionEngine.open(index_dir, verify=False) as engine:
+        click.echo(
+            engine.generate(
+                prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+            )
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
