@@ -185,7 +185,8 @@ def _ensure_plan(out_dir: Path, plan: dict[str, Any], rows: RowTable) -> None:
             if not RowTable.from_arrays(dict(npz)).equals(rows):
                 raise IntegrityError(f"{rows_path}: stored row table differs from the corpus")
         return
-    atomic_write(rows_path, lambda fh: np.savez(fh, **rows.to_arrays()))
+    arrays: dict[str, Any] = dict(rows.to_arrays())
+    atomic_write(rows_path, lambda fh: np.savez(fh, **arrays))
     atomic_write_json(plan_path, plan)
 
 

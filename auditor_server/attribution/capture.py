@@ -83,7 +83,8 @@ def projection_matrix(seed: int, module_name: str, side: str, rows: int, cols: i
     """
     digest = hashlib.sha256(f"{seed}\x00{module_name}\x00{side}".encode()).digest()
     gen = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little"))
-    return torch.randn(rows, cols, generator=gen, dtype=torch.float32) / cols**0.5
+    matrix = torch.randn(rows, cols, generator=gen, dtype=torch.float32)
+    return matrix.div_(cols**0.5)
 
 
 class GradientCapture:
@@ -156,7 +157,7 @@ class GradientCapture:
             mask = self._mask.unsqueeze(-1)
             self._inputs[index] = (x.to(torch.float32) * mask) @ self._p_in[index]
             if output.requires_grad:
-                output.register_hook(self._grad_hook(index))
+                output.register_hook(self._grad_hook(index))  # type: ignore[no-untyped-call]
 
         return hook
 
@@ -243,5 +244,5 @@ def featurize_batch(
     with capture.capture(attn):
         logits = model(input_ids=ids, attention_mask=attn).logits
         loss = masked_token_nll(logits, ids, loss_mask).sum()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
     return capture.features().cpu()

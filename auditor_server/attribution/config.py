@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from auditor_server.errors import ConfigError
 
@@ -131,10 +131,13 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(json.dumps(data)))
 
 
-def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+_C = TypeVar("_C", FeatureConfig, IndexConfig)
+
+
+def _from_dict(cls: type[_C], data: dict[str, Any]) -> _C:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{cls.__name__}: unknown option(s) {', '.join(unknown)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return cls(**kwargs)
