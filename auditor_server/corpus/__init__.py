@@ -1,5 +1,9 @@
-"""Training corpus: JSONL records, the SQLite catalog, and the demo corpus generator."""
+"""Training corpus: JSONL records, the SQLite catalog, and the demo corpus generator.
 
+``demo`` and ``background`` are not imported here, so importing the package stays cheap.
+"""
+
+from auditor_server.corpus.catalog import Catalog, ingest
 from auditor_server.corpus.records import (
     DATA_CLASSES,
     DataClass,
@@ -12,10 +16,12 @@ from auditor_server.corpus.records import (
 
 __all__ = [
     "DATA_CLASSES",
+    "Catalog",
     "DataClass",
     "Record",
     "Source",
     "corpus_manifest_hash",
+    "ingest",
     "parse_record",
     "read_corpus",
 ]
