@@ -31,7 +31,7 @@ class ConfigError(SandboxError):
 
 
 class IndexMismatchError(ConfigError):
-    """An index was opened with a model, tokenizer or corpus other than the one it was built from."""
+    """An index was opened with a model, tokenizer or corpus other than the one it was built on."""
 
 
 class IntegrityError(SandboxError):

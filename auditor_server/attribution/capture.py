@@ -217,7 +217,7 @@ def featurize_batch(
     target_starts: Sequence[int],
     *,
     pad_id: int,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected per-example gradients of a batch of token sequences.
 
     Args:
@@ -228,7 +228,9 @@ def featurize_batch(
         pad_id: id used for padding (masked out everywhere).
 
     Returns:
-        ``(batch, n_modules, dims_per_module)`` float32 features on CPU.
+        ``(batch, n_modules, dims_per_module)`` float32 features and the ``(batch,)`` summed
+        NLL of each example's counted tokens (for a query: −log p(completion | prompt), so
+        no second forward pass is needed to report it), both on CPU.
     """
     model = capture.model
     device = next(model.parameters()).device
@@ -243,6 +245,6 @@ def featurize_batch(
     ids, attn, loss_mask = ids.to(device), attn.to(device), loss_mask.to(device)
     with capture.capture(attn):
         logits = model(input_ids=ids, attention_mask=attn).logits
-        loss = masked_token_nll(logits, ids, loss_mask).sum()
-        loss.backward()  # type: ignore[no-untyped-call]
-    return capture.features().cpu()
+        nll = masked_token_nll(logits, ids, loss_mask)
+        nll.sum().backward()  # type: ignore[no-untyped-call]
+    return capture.features().cpu(), nll.detach().cpu()

@@ -221,14 +221,13 @@ class AttributionEngine:
             if not isinstance(prompt, str):
                 raise InputError("prompt must be a string")
         selector = self._selector(frozenset(exclude_classes))
-        raw = self.featurizer.featurize_queries(pairs)
+        raw, logprobs = self.featurizer.featurize_queries(pairs)
         queries = self.preconditioner.apply(raw)
-        logprobs = [score(self.lm, p, c).logprob for p, c in pairs]
         return [
             AttributionAnswer(
                 prompt=p,
                 completion=c,
-                completion_logprob=lp,
+                completion_logprob=float(lp),
                 results=self._rank(q, top_k, selector),
                 snapshot_id=self.snapshot_id,
             )

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from auditor_server.attribution.capture import GradientCapture, featurize_batch
 from auditor_server.attribution.config import FeatureConfig
 from auditor_server.attribution.spans import RowTable, cut_rows
+from auditor_server.errors import InputError
 from auditor_server.model.generation import adds_bos, encode_pair
 from auditor_server.model.loading import LoadedModel
 
@@ -83,7 +84,7 @@ class Featurizer:
                         token_ids[int(rows.record[r])], int(rows.tok_start[r]), int(rows.tok_end[r])
                     )
                 )
-            feats = featurize_batch(
+            feats, _ = featurize_batch(
                 self.capture, seqs, [len(self._prefix)] * len(seqs), pad_id=self._pad_id
             )
             out[chunk] = feats.numpy()
@@ -91,17 +92,34 @@ class Featurizer:
                 on_batch(len(chunk))
         return out
 
-    def featurize_queries(self, pairs: Sequence[tuple[str, str]]) -> NDArray[np.float32]:
-        """Raw features ``(len(pairs), modules, dims)`` of log p(completion | prompt) queries."""
+    def featurize_queries(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+        """Raw features ``(len(pairs), modules, dims)`` of log p(completion | prompt) queries,
+        and each query's log p(completion | prompt) from the same forward pass.
+
+        Raises:
+            InputError: empty completion, or a pair longer than the model's context.
+        """
+        encoded = [encode_pair(self.lm.tokenizer, p, c) for p, c in pairs]
+        limit = self.lm.max_positions
+        for ids, _ in encoded:
+            if limit is not None and len(ids) > limit:
+                raise InputError(
+                    f"prompt + completion is {len(ids)} tokens, longer than the model's "
+                    f"context of {limit}"
+                )
         out = np.empty((len(pairs), self.n_modules, self.config.dims_per_module), np.float32)
+        logprobs = np.empty(len(pairs), np.float64)
         bs = self.config.batch_size
-        for b in range(0, len(pairs), bs):
-            encoded = [encode_pair(self.lm.tokenizer, p, c) for p, c in pairs[b : b + bs]]
-            feats = featurize_batch(
-                self.capture, [e[0] for e in encoded], [e[1] for e in encoded], pad_id=self._pad_id
+        for b in range(0, len(encoded), bs):
+            chunk = encoded[b : b + bs]
+            feats, nll = featurize_batch(
+                self.capture, [e[0] for e in chunk], [e[1] for e in chunk], pad_id=self._pad_id
             )
-            out[b : b + len(encoded)] = feats.numpy()
-        return out
+            out[b : b + len(chunk)] = feats.numpy()
+            logprobs[b : b + len(chunk)] = -nll.numpy()
+        return out, logprobs
 
 
 def set_torch_threads(n_threads: int | None) -> None:

@@ -29,7 +29,8 @@ def _reference_features(model, capture, seq, target_start, config):
     logits = model(input_ids=ids).logits
     mask = torch.zeros_like(ids)
     mask[0, max(target_start, 1) :] = 1
-    masked_token_nll(logits, ids, mask).sum().backward()
+    loss = masked_token_nll(logits, ids, mask).sum()
+    loss.backward()
     out = []
     for m in capture.modules:
         grad = m.module.weight.grad
@@ -37,7 +38,7 @@ def _reference_features(model, capture, seq, target_start, config):
         p_in = projection_matrix(config.seed, m.name, "in", m.d_in, config.proj_in)
         p_out = projection_matrix(config.seed, m.name, "out", m.d_out, config.proj_out)
         out.append((p_out.T @ grad @ p_in).flatten())
-    return out
+    return out, float(loss)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
@@ -50,10 +51,11 @@ def test_capture_matches_projected_per_example_gradient(tmp_path: Path, arch: st
     capture = GradientCapture(model, config)
     seqs = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23]]
     starts = [0, 0, 2]
-    feats = featurize_batch(capture, seqs, starts, pad_id=0)
+    feats, nll = featurize_batch(capture, seqs, starts, pad_id=0)
     assert feats.shape == (3, len(capture.modules), 12)
     for b, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
-        ref = _reference_features(model, capture, seq, start, config)
+        ref, ref_nll = _reference_features(model, capture, seq, start, config)
+        assert float(nll[b]) == pytest.approx(ref_nll, rel=1e-5)
         for i, expected in enumerate(ref):
             scale = expected.abs().max().clamp_min(1e-12)
             assert (feats[b, i] - expected).abs().max() / scale < 1e-4, capture.modules[i].name
@@ -62,9 +64,12 @@ def test_capture_matches_projected_per_example_gradient(tmp_path: Path, arch: st
 def test_padding_and_batch_mates_do_not_change_features(tmp_path: Path) -> None:
     lm = load_model(make_tiny_model_dir(tmp_path, "gpt2"))
     capture = GradientCapture(lm.model, FeatureConfig(proj_in=4, proj_out=4))
-    alone = featurize_batch(capture, [[3, 4, 5]], [0], pad_id=0)
-    padded = featurize_batch(capture, [[3, 4, 5], list(range(10, 40))], [0, 0], pad_id=0)
+    alone, nll_alone = featurize_batch(capture, [[3, 4, 5]], [0], pad_id=0)
+    padded, nll_padded = featurize_batch(
+        capture, [[3, 4, 5], list(range(10, 40))], [0, 0], pad_id=0
+    )
     torch.testing.assert_close(alone[0], padded[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(nll_alone[0], nll_padded[0], rtol=1e-5, atol=1e-6)
 
 
 def test_capture_restores_requires_grad_and_hooks(tmp_path: Path) -> None:
