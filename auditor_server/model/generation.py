@@ -24,6 +24,7 @@ __all__ = [
     "ScoreResult",
     "adds_bos",
     "encode_pair",
+    "encode_prompt",
     "generate",
     "score",
 ]
@@ -60,7 +61,7 @@ def _context_token(tokenizer: PreTrainedTokenizerBase) -> int | None:
     return None
 
 
-def _encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Prompt ids as the model saw documents start in training, never empty if avoidable.
 
     BOS is prepended when the tokenizer normally adds it. An empty prompt without BOS gets
@@ -98,7 +99,7 @@ def encode_pair(
     """
     if not completion:
         raise InputError("completion must not be empty: there is nothing to score")
-    prompt_ids = _encode_prompt(tokenizer, prompt)
+    prompt_ids = encode_prompt(tokenizer, prompt)
     completion_ids = [int(i) for i in tokenizer(completion, add_special_tokens=False)["input_ids"]]
     if not completion_ids:
         raise InputError(f"completion {completion!r} produced no tokens")
@@ -218,7 +219,7 @@ def generate(
     """
     _validate_generate_args(max_new_tokens, temperature, top_p)
     tokenizer = lm.tokenizer
-    ids = _encode_prompt(tokenizer, prompt)
+    ids = encode_prompt(tokenizer, prompt)
     if not ids:
         raise InputError("prompt is empty and the tokenizer has no BOS/EOS token to start from")
     limit = lm.max_positions

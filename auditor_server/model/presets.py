@@ -1,0 +1,129 @@
+"""Size and training presets for the small GPT-2 the sandbox trains on its demo corpus.
+
+The demo only works if the model actually *memorizes* the planted facts and passages:
+attribution can only find the records behind an answer the model knows. The ``demo`` preset
+is tuned for that on a 2-core CPU within a few minutes (see the figures in its docstring);
+``tiny`` exists so tests can run the whole trainer in seconds.
+
+This module imports nothing heavy, so CLIs can list presets without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from auditor_server.errors import ConfigError
+
+__all__ = ["PRESETS", "ModelPreset", "get_preset"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPreset:
+    """Architecture and optimisation settings for the demo trainer.
+
+    Consumed by :func:`auditor_server.model.train.train_model`; every field is recorded in the
+    model's ``training_summary.json`` so a model directory says how it was made.
+    """
+
+    name: str
+    """Preset name, recorded in ``training_summary.json``."""
+    vocab_size: int
+    """Target byte-level BPE vocabulary (256 bytes + ``<|endoftext|>`` + merges). Larger
+    vocabularies make sequences shorter (faster epochs) but the embedding and output layers
+    bigger; names split into fewer tokens are easier to memorize."""
+    n_layer: int
+    """Transformer blocks."""
+    n_head: int
+    """Attention heads per block; must divide ``n_embd``."""
+    n_embd: int
+    """Hidden size."""
+    n_positions: int
+    """Context length of the model. Equal to ``block_size`` by default, because learned
+    absolute position embeddings beyond the trained length stay random."""
+    block_size: int
+    """Tokens per training sequence: documents are joined with ``<|endoftext|>`` and cut into
+    blocks of this length (packing: no padding is wasted on the CPU)."""
+    epochs: int
+    """Passes over the corpus. Memorization needs many passes; this dominates training time."""
+    batch_size: int
+    """Sequences per optimizer step."""
+    lr: float
+    """Peak AdamW learning rate, reached after warmup."""
+    warmup_fraction: float = 0.05
+    """Fraction of all steps spent warming the learning rate up linearly from 0."""
+    min_lr_fraction: float = 0.1
+    """Cosine decay ends at ``lr * min_lr_fraction`` instead of 0, so the last epochs still
+    learn."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay. Zero by default: decay fights memorization."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables); guards the high peak LR."""
+    dropout: float = 0.0
+    """Dropout for embeddings, attention and residuals. Zero: we *want* memorization."""
+    bf16_autocast: bool = True
+    """Run forward/backward under bfloat16 autocast where the CPU supports bf16 natively
+    (about 2x faster on AVX512-BF16/AMX CPUs); weights and optimizer stay float32 and the
+    saved model is float32. Ignored on CPUs without native bf16."""
+
+    def __post_init__(self) -> None:
+        """Reject inconsistent presets early, before minutes of training are spent."""
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"preset {self.name}: n_head={self.n_head} must divide n_embd")
+        if not 0 < self.block_size <= self.n_positions:
+            raise ConfigError(
+                f"preset {self.name}: block_size must be in 1..n_positions ({self.n_positions})"
+            )
+        if self.vocab_size < 257:
+            raise ConfigError(f"preset {self.name}: vocab_size must be at least 257")
+        for field in ("n_layer", "n_head", "n_embd", "epochs", "batch_size"):
+            if getattr(self, field) < 1:
+                raise ConfigError(f"preset {self.name}: {field} must be positive")
+        if not self.lr > 0:
+            raise ConfigError(f"preset {self.name}: lr must be positive")
+        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.min_lr_fraction <= 1:
+            raise ConfigError(f"preset {self.name}: warmup/min-lr fractions must be in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"preset {self.name}: dropout must be in [0, 1)")
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "tiny": ModelPreset(
+        name="tiny",
+        vocab_size=512,
+        n_layer=2,
+        n_head=2,
+        n_embd=64,
+        n_positions=64,
+        block_size=64,
+        epochs=4,
+        batch_size=8,
+        lr=3e-3,
+    ),
+    "demo": ModelPreset(
+        name="demo",
+        vocab_size=4096,
+        n_layer=2,
+        n_head=4,
+        n_embd=256,
+        n_positions=128,
+        block_size=128,
+        epochs=24,
+        batch_size=16,
+        lr=2e-3,
+    ),
+}
+"""Named presets: ``tiny`` for tests and CI (seconds), ``demo`` for the demo corpus."""
+
+
+def get_preset(name: str) -> ModelPreset:
+    """Look up a preset by name.
+
+    Raises:
+        ConfigError: No preset has that name (the message lists the valid ones).
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown model preset {name!r}; choose one of {', '.join(sorted(PRESETS))}"
+        ) from None

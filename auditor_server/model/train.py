@@ -1,0 +1,519 @@
+"""Train the sandbox's small GPT-2 on a corpus, from scratch, on CPU, and save it atomically.
+
+The demo lab needs a model that demonstrably learned from *its* corpus (so attribution has
+something true to find) and that anyone can rebuild offline in minutes. This trainer:
+
+1. reads the corpus JSONL (:func:`auditor_server.corpus.records.read_corpus`),
+2. trains a byte-level BPE tokenizer on all texts,
+3. trains ``GPT2LMHeadModel`` from a :class:`~auditor_server.model.presets.ModelPreset`
+   with AdamW, linear warmup + cosine decay, seeded, each document followed by
+   ``<|endoftext|>`` and *packed* into fixed-length blocks (re-shuffled every epoch so block
+   boundaries move and every fact is seen whole in most epochs),
+4. writes a standard Hugging Face directory (safetensors, tokenizer, ``training_summary.json``)
+   into a temporary sibling of ``out_dir`` and renames it into place only when complete.
+
+It also offers :func:`evaluate_recall`, which measures what the model memorized on the demo
+question file, the precondition for every attribution demo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from auditor_server.corpus.records import read_corpus
+from auditor_server.errors import ConfigError, InputError
+from auditor_server.fsutil import sha256_file
+from auditor_server.model.generation import encode_prompt
+from auditor_server.model.loading import LoadedModel
+from auditor_server.model.presets import ModelPreset, get_preset
+from auditor_server.model.tokenizer import train_tokenizer
+
+__all__ = [
+    "SUMMARY_FILE",
+    "RecallReport",
+    "TrainSummary",
+    "evaluate_recall",
+    "train_model",
+]
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "training_summary.json"
+"""Name of the JSON file written next to the weights describing how they were trained."""
+
+_IGNORE = -100  # label value cross-entropy skips (padding of the last block)
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What :func:`train_model` did; also written to ``training_summary.json``."""
+
+    out_dir: Path
+    """The finished model directory."""
+    preset: str
+    """Name of the preset used."""
+    epochs: int
+    """Passes over the corpus actually run."""
+    steps: int
+    """Optimizer steps."""
+    final_loss: float
+    """Mean training loss (nats/token) over the last epoch."""
+    seconds: float
+    """Wall-clock time of the whole call (tokenizer, training, saving)."""
+    num_parameters: int
+    """Model parameters (tied input/output embedding counted once)."""
+    tokens_seen: int
+    """Target tokens the model was trained on, summed over epochs."""
+    initial_loss: float = math.nan
+    """Mean loss over the first steps; compare with :attr:`final_loss` to see learning."""
+    epoch_losses: tuple[float, ...] = ()
+    """Mean training loss of each epoch, in order."""
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is *fast* here (native support), not merely possible."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _encode_documents(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list[list[int]]:
+    """Token ids of every document followed by ``<|endoftext|>`` (the document separator)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("the trained tokenizer has no EOS token")  # pragma: no cover
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    return [[*enc.ids, int(eos)] for enc in encodings]
+
+
+def _pack_epoch(
+    docs: list[list[int]], block_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffle documents, concatenate and cut into ``block_size`` blocks.
+
+    Returns:
+        ``(input_ids, labels)`` of shape (blocks, block_size); the tail of the last block is
+        padded with EOS and labelled ``-100`` so no token is dropped and none is invented.
+    """
+    order = torch.randperm(len(docs), generator=generator).tolist()
+    stream = torch.tensor([tok for i in order for tok in docs[i]], dtype=torch.long)
+    blocks = math.ceil(stream.numel() / block_size)
+    pad = blocks * block_size - stream.numel()
+    labels = torch.cat([stream, torch.full((pad,), _IGNORE, dtype=torch.long)])
+    inputs = torch.cat([stream, torch.full((pad,), int(docs[0][-1]), dtype=torch.long)])
+    perm = torch.randperm(blocks, generator=generator)
+    return inputs.view(blocks, block_size)[perm], labels.view(blocks, block_size)[perm]
+
+
+def _lr_lambda(total_steps: int, preset: ModelPreset) -> Any:
+    warmup = max(1, int(total_steps * preset.warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return preset.min_lr_fraction + (1.0 - preset.min_lr_fraction) * cosine
+
+    return factor
+
+
+def _optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float,
+) -> None:
+    """Clip, step, schedule, zero: one update (a seam tests patch to simulate a crash)."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to clobber anything unless asked; checked before minutes of training."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} exists and is not a directory")
+    if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
+        raise ConfigError(
+            f"{out_dir} already exists; choose a new output directory or pass overwrite=True"
+        )
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move the finished ``staging`` dir to ``out_dir``, replacing an old model if present.
+
+    With no previous model this is one atomic rename. Replacing an existing directory takes
+    two renames (old aside, new in); a crash between them leaves the old model beside
+    ``out_dir`` under a hidden ``.replaced-`` name, never a partial one at ``out_dir``.
+    """
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.replaced-", dir=out_dir.parent))
+        old.rmdir()
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out_dir)
+
+
+def train_model(
+    corpus_path: Path,
+    out_dir: Path,
+    *,
+    preset: str = "demo",
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> TrainSummary:
+    """Train a tokenizer and a GPT-2 from scratch on a corpus and save them to ``out_dir``.
+
+    Args:
+        corpus_path: Corpus JSONL (fields ``id``, ``text``, ``source``).
+        out_dir: Directory to create. It appears only once training and saving succeeded.
+        preset: Name of a :data:`~auditor_server.model.presets.PRESETS` entry.
+        epochs: Override the preset's number of epochs.
+        seed: Seeds weight init, document shuffling and therefore the whole run.
+        progress: Show a tqdm progress bar (stderr).
+        overwrite: Replace an existing ``out_dir`` (only after the new model is complete).
+        device: Torch device to train on; the demo is sized for ``"cpu"``.
+
+    Returns:
+        A :class:`TrainSummary` (also written as ``training_summary.json``).
+
+    Raises:
+        ConfigError: Unknown preset, ``out_dir`` exists without ``overwrite``, bad epochs.
+        InputError: The corpus is missing or unreadable.
+        CorpusError: A corpus record is invalid.
+    """
+    started = time.perf_counter()
+    corpus_path = Path(corpus_path)
+    out_dir = Path(out_dir).expanduser().absolute()
+    spec = get_preset(preset)
+    n_epochs = spec.epochs if epochs is None else epochs
+    if n_epochs < 1:
+        raise ConfigError(f"epochs must be at least 1, got {n_epochs}")
+    _check_out_dir(out_dir, overwrite)
+    try:
+        torch_device = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"invalid device {device!r}: {exc}") from None
+    records = read_corpus(corpus_path)
+    texts = [r.text for r in records]
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        summary = _train_into(
+            staging,
+            texts,
+            spec,
+            n_epochs=n_epochs,
+            seed=seed,
+            progress=progress,
+            device=torch_device,
+            out_dir=out_dir,
+            started=started,
+        )
+        extra = {
+            "corpus_path": str(corpus_path),
+            "corpus_sha256": sha256_file(corpus_path),
+            "corpus_records": len(records),
+            "seed": seed,
+            "device": str(torch_device),
+            "preset_settings": asdict(spec),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
+        }
+        payload = {**asdict(summary), "out_dir": str(out_dir), **extra}
+        (staging / SUMMARY_FILE).write_text(
+            json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info(
+        "trained model",
+        extra={
+            "out_dir": str(out_dir),
+            "preset": spec.name,
+            "steps": summary.steps,
+            "final_loss": summary.final_loss,
+            "seconds": summary.seconds,
+        },
+    )
+    return summary
+
+
+def _train_into(
+    staging: Path,
+    texts: list[str],
+    spec: ModelPreset,
+    *,
+    n_epochs: int,
+    seed: int,
+    progress: bool,
+    device: torch.device,
+    out_dir: Path,
+    started: float,
+) -> TrainSummary:
+    """Train tokenizer and model, saving both into ``staging``; the caller publishes it."""
+    tokenizer = train_tokenizer(texts, vocab_size=spec.vocab_size, out_dir=staging)
+    docs = _encode_documents(tokenizer, texts)
+    eos = int(docs[0][-1])
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=spec.n_positions,
+        n_embd=spec.n_embd,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        resid_pdrop=spec.dropout,
+        embd_pdrop=spec.dropout,
+        attn_pdrop=spec.dropout,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    module = cast(torch.nn.Module, model)
+    module.to(device)
+    module.train()
+    num_parameters = sum(p.numel() for p in module.parameters())
+
+    generator = torch.Generator().manual_seed(seed)
+    total_tokens = sum(len(d) for d in docs)
+    blocks_per_epoch = math.ceil(total_tokens / spec.block_size)
+    steps_per_epoch = math.ceil(blocks_per_epoch / spec.batch_size)
+    total_steps = steps_per_epoch * n_epochs
+
+    decay = [p for n, p in module.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in module.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": spec.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=spec.lr,
+        betas=(0.9, 0.95),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, spec))
+    use_bf16 = spec.bf16_autocast and _bf16_supported(device)
+    logger.info(
+        "training",
+        extra={
+            "preset": spec.name,
+            "parameters": num_parameters,
+            "tokens_per_epoch": total_tokens,
+            "steps": total_steps,
+            "bf16_autocast": use_bf16,
+        },
+    )
+
+    step_losses: list[float] = []
+    epoch_losses: list[float] = []
+    tokens_seen = 0
+    bar = tqdm(total=total_steps, disable=not progress, unit="step", desc=f"train {spec.name}")
+    try:
+        for epoch in range(n_epochs):
+            inputs, labels = _pack_epoch(docs, spec.block_size, generator)
+            epoch_loss = 0.0
+            epoch_tokens = 0
+            for start in range(0, inputs.shape[0], spec.batch_size):
+                x = inputs[start : start + spec.batch_size].to(device)
+                y = labels[start : start + spec.batch_size].to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss = model(input_ids=x, labels=y).loss
+                loss.backward()
+                _optimizer_step(module, optimizer, scheduler, spec.grad_clip)
+                value = float(loss.detach())
+                # labels are shifted inside the model: targets are y[:, 1:]
+                targets = int((y[:, 1:] != _IGNORE).sum())
+                step_losses.append(value)
+                epoch_loss += value * targets
+                epoch_tokens += targets
+                tokens_seen += targets
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{value:.3f}")
+            epoch_losses.append(epoch_loss / max(1, epoch_tokens))
+            logger.info("epoch done", extra={"epoch": epoch + 1, "loss": epoch_losses[-1]})
+    finally:
+        bar.close()
+
+    module.eval()
+    module.to("cpu")
+    model.save_pretrained(str(staging), safe_serialization=True)
+    head = step_losses[: max(1, min(10, len(step_losses) // 10))]
+    return TrainSummary(
+        out_dir=out_dir,
+        preset=spec.name,
+        epochs=n_epochs,
+        steps=total_steps,
+        final_loss=epoch_losses[-1],
+        seconds=time.perf_counter() - started,
+        num_parameters=num_parameters,
+        tokens_seen=tokens_seen,
+        initial_loss=sum(head) / len(head),
+        epoch_losses=tuple(epoch_losses),
+    )
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+@dataclass(frozen=True)
+class RecallReport:
+    """How much of the planted content a model reproduces under greedy decoding."""
+
+    fact_total: int
+    """Fact questions asked."""
+    fact_correct: int
+    """Fact questions whose greedy continuation starts with the answer's first word."""
+    passage_total: int
+    """Passage questions asked."""
+    passage_exact: int
+    """Passage questions whose greedy continuation reproduces the whole expected completion."""
+    passage_first_word: int
+    """Passage questions whose continuation starts with the expected first word."""
+    passage_word_fraction: float
+    """Mean fraction of the expected completion's words reproduced in order from the start."""
+
+    @property
+    def fact_accuracy(self) -> float:
+        """``fact_correct / fact_total`` (0 when there are no fact questions)."""
+        return self.fact_correct / self.fact_total if self.fact_total else 0.0
+
+    @property
+    def passage_accuracy(self) -> float:
+        """``passage_exact / passage_total`` (0 when there are no passage questions)."""
+        return self.passage_exact / self.passage_total if self.passage_total else 0.0
+
+
+_WORD = re.compile(r"[\w'’-]+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text)
+
+
+@torch.no_grad()
+def _greedy_batch(lm: LoadedModel, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy continuations, batching prompts of equal token length (no padding needed)."""
+    by_length: dict[int, list[tuple[int, list[int]]]] = {}
+    for index, prompt in enumerate(prompts):
+        ids = encode_prompt(lm.tokenizer, prompt)
+        by_length.setdefault(len(ids), []).append((index, ids))
+    outputs = [""] * len(prompts)
+    limit = lm.max_positions or 1 << 30
+    for length, group in by_length.items():
+        steps = min(max_new_tokens, limit - length)
+        for chunk_start in range(0, len(group), 256):
+            chunk = group[chunk_start : chunk_start + 256]
+            x = torch.tensor([ids for _, ids in chunk], dtype=torch.long, device=lm.device)
+            new = torch.empty((len(chunk), 0), dtype=torch.long, device=lm.device)
+            past = None
+            for _ in range(max(0, steps)):
+                out = lm.model(input_ids=x, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                x = out.logits[:, -1].argmax(-1, keepdim=True)
+                new = torch.cat([new, x], dim=1)
+            for (index, _), row in zip(chunk, new.tolist(), strict=True):
+                eos = lm.tokenizer.eos_token_id
+                if eos is not None and eos in row:
+                    row = row[: row.index(eos)]
+                outputs[index] = str(lm.tokenizer.decode(row, skip_special_tokens=True))
+    return outputs
+
+
+def evaluate_recall(
+    lm: LoadedModel, questions_path: Path, *, max_fact_questions: int | None = None
+) -> RecallReport:
+    """Measure fact recall and passage continuation on a demo question file.
+
+    Each line is ``{"prompt", "completion", "kind", ...}``; ``kind`` ``"fact"`` counts as
+    correct when the first word generated greedily equals the completion's first word
+    (punctuation ignored), ``"passage"`` when the generated words reproduce the completion.
+
+    Args:
+        lm: The model to evaluate.
+        questions_path: ``*.questions.jsonl`` written by the demo corpus generator.
+        max_fact_questions: Evaluate only the first N fact questions (for speed).
+
+    Raises:
+        InputError: The file is missing or a line is not a question object.
+    """
+    facts: list[tuple[str, str]] = []
+    passages: list[tuple[str, str]] = []
+    try:
+        lines = Path(questions_path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read question file {questions_path}: {exc}") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            item = (str(obj["prompt"]), str(obj["completion"]))
+            kind = obj["kind"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{questions_path}: line {lineno}: not a question: {exc}") from None
+        if kind == "fact":
+            facts.append(item)
+        elif kind == "passage":
+            passages.append(item)
+    if max_fact_questions is not None:
+        facts = facts[:max_fact_questions]
+
+    fact_out = _greedy_batch(lm, [p for p, _ in facts], max_new_tokens=6)
+    fact_correct = sum(
+        1
+        for (_, completion), got in zip(facts, fact_out, strict=True)
+        if _words(got)[:1] == _words(completion)[:1]
+    )
+    passage_out = _greedy_batch(lm, [p for p, _ in passages], max_new_tokens=32)
+    exact = first = 0
+    fractions: list[float] = []
+    for (_, completion), got in zip(passages, passage_out, strict=True):
+        want, have = _words(completion), _words(got)
+        matched = 0
+        for a, b in zip(want, have, strict=False):
+            if a != b:
+                break
+            matched += 1
+        exact += matched == len(want)
+        first += matched >= 1
+        fractions.append(matched / len(want) if want else 0.0)
+    return RecallReport(
+        fact_total=len(facts),
+        fact_correct=fact_correct,
+        passage_total=len(passages),
+        passage_exact=exact,
+        passage_first_word=first,
+        passage_word_fraction=sum(fractions) / len(fractions) if fractions else 0.0,
+    )

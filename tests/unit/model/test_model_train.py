@@ -1,0 +1,185 @@
+"""The demo trainer: it learns, it saves a loadable model atomically, and it fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import auditor_server.model.train as train_mod
+from auditor_server.errors import ConfigError, InputError
+from auditor_server.model.generation import generate
+from auditor_server.model.loading import LoadedModel, hash_model_files, load_model
+from auditor_server.model.train import SUMMARY_FILE, _greedy_batch, evaluate_recall, train_model
+
+FACT_PROMPT = "Mara Ellison was born in the city of"
+FACT_ANSWER = " Dunmore"
+_FILLER = (
+    "The night train is a familiar sight in the district.",
+    "Older residents tell stories about the great flood.",
+    "The bells ring on the hour across the valley.",
+    "In the evening the light turns gold over the fields.",
+    "A market is held in the square every Saturday morning.",
+    "The river floods in spring and the ferry stops running.",
+)
+
+
+def _write_corpus(path: Path, *, repeats: int = 40, filler: int = 60) -> Path:
+    """A small corpus: one fact stated ``repeats`` times among varied filler records."""
+    rng = random.Random(0)
+    texts = [f"{FACT_PROMPT}{FACT_ANSWER}. She is a hydrologist."] * repeats
+    texts += [" ".join(rng.sample(_FILLER, 3)) for _ in range(filler)]
+    rng.shuffle(texts)
+    with path.open("w", encoding="utf-8") as handle:
+        for i, text in enumerate(texts):
+            source = {
+                "title": f"doc {i}",
+                "publisher": "tests",
+                "url": "",
+                "license": "CC0-1.0",
+                "data_class": "public",
+            }
+            handle.write(json.dumps({"id": f"doc-{i:03d}", "text": text, "source": source}) + "\n")
+    return path
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("run") / "model"
+    summary = train_model(corpus, out, preset="tiny", epochs=6, seed=0, progress=False)
+    return out, summary
+
+
+def test_training_produces_a_loadable_model_whose_loss_decreased(
+    trained: tuple[Path, train_mod.TrainSummary],
+) -> None:
+    out, summary = trained
+    assert summary.out_dir == out
+    assert summary.preset == "tiny" and summary.epochs == 6
+    assert summary.steps > 0 and summary.tokens_seen > 0 and summary.num_parameters > 0
+    assert len(summary.epoch_losses) == 6
+    assert summary.final_loss == summary.epoch_losses[-1]
+    assert summary.final_loss < 0.6 * summary.initial_loss
+    for name in ("config.json", "model.safetensors", "tokenizer.json", SUMMARY_FILE):
+        assert (out / name).is_file(), name
+    assert _leftovers(out.parent) == []
+    lm = load_model(out)
+    assert lm.model.config.model_type == "gpt2"
+    assert lm.tokenizer.eos_token == "<|endoftext|>"
+
+
+def test_summary_file_records_the_run(trained: tuple[Path, train_mod.TrainSummary]) -> None:
+    out, summary = trained
+    data = json.loads((out / SUMMARY_FILE).read_text())
+    assert data["out_dir"] == str(out)
+    assert data["final_loss"] == pytest.approx(summary.final_loss)
+    assert data["steps"] == summary.steps
+    assert data["seed"] == 0
+    assert data["preset_settings"]["name"] == "tiny"
+    assert data["corpus_sha256"].startswith("sha256:")
+
+
+def test_trained_model_recalls_the_planted_fact(
+    trained: tuple[Path, train_mod.TrainSummary], tmp_path: Path
+) -> None:
+    lm = load_model(trained[0])
+    assert generate(lm, FACT_PROMPT, max_new_tokens=4).startswith(FACT_ANSWER)
+    questions = tmp_path / "q.jsonl"
+    lines = [
+        {"prompt": FACT_PROMPT, "completion": FACT_ANSWER, "kind": "fact"},
+        {"prompt": FACT_PROMPT, "completion": " Paris", "kind": "fact"},
+        {"prompt": FACT_PROMPT, "completion": FACT_ANSWER, "kind": "passage"},
+        {"prompt": FACT_PROMPT, "completion": FACT_ANSWER + " and Paris", "kind": "passage"},
+    ]
+    questions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = evaluate_recall(lm, questions)
+    assert (report.fact_total, report.fact_correct) == (2, 1)
+    assert report.fact_accuracy == 0.5
+    # " Dunmore" is reproduced exactly; of " Dunmore and Paris" only the first word matches.
+    assert (report.passage_total, report.passage_exact, report.passage_first_word) == (2, 1, 2)
+    assert report.passage_word_fraction == pytest.approx((1 + 1 / 3) / 2)
+
+
+def test_batched_greedy_matches_generate(tiny_lms: dict[str, LoadedModel]) -> None:
+    prompts = ["The capital of France is", "Alan Turing", "The quick brown fox", "Ada"]
+    for lm in tiny_lms.values():
+        assert _greedy_batch(lm, prompts, 5) == [generate(lm, p, max_new_tokens=5) for p in prompts]
+
+
+def test_same_seed_gives_identical_weights(corpus: Path, tmp_path: Path) -> None:
+    a = train_model(corpus, tmp_path / "a", preset="tiny", epochs=1, seed=1, progress=False)
+    b = train_model(corpus, tmp_path / "b", preset="tiny", epochs=1, seed=1, progress=False)
+    assert hash_model_files(a.out_dir) == hash_model_files(b.out_dir)
+    assert a.final_loss == b.final_loss
+
+
+def test_crash_mid_training_leaves_nothing_at_out_dir(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real_step = train_mod._optimizer_step
+
+    def flaky_step(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        real_step(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_mod, "_optimizer_step", flaky_step)
+    out = tmp_path / "model"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_model(corpus, out, preset="tiny", epochs=2, progress=False)
+    assert calls["n"] == 3
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_crash_while_saving_keeps_the_previous_model(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "model"
+    train_model(corpus, out, preset="tiny", epochs=1, progress=False)
+    before = hash_model_files(out)
+
+    def broken_publish(staging: Path, out_dir: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train_mod, "_publish", broken_publish)
+    with pytest.raises(OSError, match="disk full"):
+        train_model(corpus, out, preset="tiny", epochs=1, seed=5, progress=False, overwrite=True)
+    assert hash_model_files(out) == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_existing_out_dir_needs_overwrite(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(ConfigError, match="already exists"):
+        train_model(corpus, out, preset="tiny", epochs=1, progress=False)
+    assert (out / "keep.txt").read_text() == "precious"
+    train_model(corpus, out, preset="tiny", epochs=1, progress=False, overwrite=True)
+    assert not (out / "keep.txt").exists()
+    assert (out / "model.safetensors").is_file()
+    assert _leftovers(tmp_path) == []
+
+
+def test_bad_arguments_fail_before_training(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
+        train_model(corpus, tmp_path / "m", preset="huge")
+    with pytest.raises(ConfigError, match="epochs must be at least 1"):
+        train_model(corpus, tmp_path / "m", preset="tiny", epochs=0)
+    with pytest.raises(InputError, match="corpus file not found"):
+        train_model(tmp_path / "missing.jsonl", tmp_path / "m", preset="tiny")
+    assert not (tmp_path / "m").exists()
