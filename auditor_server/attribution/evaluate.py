@@ -12,6 +12,7 @@ because on fact statements a lexical match is a strong, honest baseline.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ class BM25Baseline:
     def __init__(self, ids: Sequence[str], texts: Sequence[str]) -> None:
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
         self._bm25s = bm25s
         self.ids = list(ids)
         self.retriever = bm25s.BM25()
@@ -125,23 +127,30 @@ def evaluate(
     """Score the gradient method and BM25 on ``questions``, overall and per question kind."""
     records = list(engine.catalog)
     bm25 = BM25Baseline([r.id for r in records], [r.text for r in records])
-    grad_ranks: list[int | None] = []
-    bm25_ranks: list[int | None] = []
+    grad_ranks: list[int | None] = [None] * len(questions)
+    bm25_ranks: list[int | None] = [None] * len(questions)
+    # A question longer than the model's context cannot be asked of the gradient method; it
+    # counts as a miss for it (never silently dropped) and is reported.
+    fits = [engine.featurizer.fits(q.prompt, q.completion) for q in questions]
     bar = tqdm(total=len(questions), desc="evaluate", unit="q", disable=not progress)
     with bar:
         for start in range(0, len(questions), batch_size):
-            batch = questions[start : start + batch_size]
-            answers = engine.attribute_many([(q.prompt, q.completion) for q in batch], top_k=CUTOFF)
-            lexical = bm25.rank([f"{q.prompt}{q.completion}" for q in batch])
-            for q, ans, lex in zip(batch, answers, lexical, strict=True):
-                grad_ranks.append(
-                    first_hit_rank([r.record_id for r in ans.results], q.relevant_ids)
-                )
-                bm25_ranks.append(first_hit_rank(lex, q.relevant_ids))
-            bar.update(len(batch))
+            idx = list(range(start, min(start + batch_size, len(questions))))
+            asked = [i for i in idx if fits[i]]
+            answers = engine.attribute_many(
+                [(questions[i].prompt, questions[i].completion) for i in asked], top_k=CUTOFF
+            )
+            for i, ans in zip(asked, answers, strict=True):
+                ranked = [r.record_id for r in ans.results]
+                grad_ranks[i] = first_hit_rank(ranked, questions[i].relevant_ids)
+            lexical = bm25.rank([f"{questions[i].prompt}{questions[i].completion}" for i in idx])
+            for i, lex in zip(idx, lexical, strict=True):
+                bm25_ranks[i] = first_hit_rank(lex, questions[i].relevant_ids)
+            bar.update(len(idx))
     return {
         "snapshot_id": engine.snapshot_id,
         "n_questions": len(questions),
+        "n_too_long_for_model": fits.count(False),
         "overall": _pair(grad_ranks, bm25_ranks),
         "by_kind": {
             kind: _pair([grad_ranks[i] for i in idx], [bm25_ranks[i] for i in idx])

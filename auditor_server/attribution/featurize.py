@@ -92,6 +92,19 @@ class Featurizer:
                 on_batch(len(chunk))
         return out
 
+    def fits(self, prompt: str, completion: str) -> bool:
+        """Whether a query pair fits in the model's context."""
+        limit = self.lm.max_positions
+        return limit is None or len(encode_pair(self.lm.tokenizer, prompt, completion)[0]) <= limit
+
+    def _check_length(self, n_tokens: int) -> None:
+        limit = self.lm.max_positions
+        if limit is not None and n_tokens > limit:
+            raise InputError(
+                f"prompt + completion is {n_tokens} tokens, longer than the model's "
+                f"context of {limit}"
+            )
+
     def featurize_queries(
         self, pairs: Sequence[tuple[str, str]]
     ) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
@@ -102,13 +115,8 @@ class Featurizer:
             InputError: empty completion, or a pair longer than the model's context.
         """
         encoded = [encode_pair(self.lm.tokenizer, p, c) for p, c in pairs]
-        limit = self.lm.max_positions
         for ids, _ in encoded:
-            if limit is not None and len(ids) > limit:
-                raise InputError(
-                    f"prompt + completion is {len(ids)} tokens, longer than the model's "
-                    f"context of {limit}"
-                )
+            self._check_length(len(ids))
         out = np.empty((len(pairs), self.n_modules, self.config.dims_per_module), np.float32)
         logprobs = np.empty(len(pairs), np.float64)
         bs = self.config.batch_size
