@@ -408,14 +408,24 @@ def _run_evaluation(
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{'questions':<12} {'method':<9} {'recall@1':>9} {'recall@10':>10} {'mrr@10':>8}")
-    for name, block in [("all", result["overall"]), *result["by_kind"].items()]:
+    click.echo(f"{'questions':<22} {'method':<9} {'recall@1':>9} {'recall@10':>10} {'mrr@10':>8}")
+    blocks = [
+        ("all", result["overall"]),
+        *result["by_kind"].items(),
+        *(("model " + k, v) for k, v in result["by_model_knowledge"].items()),
+    ]
+    for name, block in blocks:
         for method in ("gradient", "bm25"):
             m = block[method]
             click.echo(
-                f"{name + ' (' + str(m['n']) + ')':<12} {method:<9} {m['recall@1']:>9.3f} "
+                f"{name + ' (' + str(m['n']) + ')':<22} {method:<9} {m['recall@1']:>9.3f} "
                 f"{m['recall@10']:>10.3f} {m['mrr@10']:>8.3f}"
             )
+    if result["n_too_long_for_model"]:
+        click.echo(
+            f"{result['n_too_long_for_model']} question(s) exceed the model's context "
+            "and count as gradient misses"
+        )
     click.echo(f"saved to {index_dir / layout.EVALUATION}")
 
 

@@ -25,9 +25,9 @@ IndexKind = Literal["exact", "ivf-sq", "ivf-pq"]
 class FeatureConfig:
     """What one stored row of the gradient store is, and how it was computed."""
 
-    proj_in: int = 8
+    proj_in: int = 16
     """Rows of the input-side projection P_in (columns kept of each module's input)."""
-    proj_out: int = 8
+    proj_out: int = 16
     """Columns of the output-side projection P_out; a module contributes proj_in*proj_out dims."""
     seed: int = 0
     """Seed of the random projections; part of the snapshot id so a query uses the same ones."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from auditor_server.attribution.engine import AttributionEngine
 from auditor_server.errors import InputError
 
 CUTOFF = 10
+KNOWN_LOGPROB = math.log(0.5)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ def evaluate(
     # A question longer than the model's context cannot be asked of the gradient method; it
     # counts as a miss for it (never silently dropped) and is reported.
     fits = [engine.featurizer.fits(q.prompt, q.completion) for q in questions]
+    known = [False] * len(questions)
     bar = tqdm(total=len(questions), desc="evaluate", unit="q", disable=not progress)
     with bar:
         for start in range(0, len(questions), batch_size):
@@ -143,6 +146,7 @@ def evaluate(
             for i, ans in zip(asked, answers, strict=True):
                 ranked = [r.record_id for r in ans.results]
                 grad_ranks[i] = first_hit_rank(ranked, questions[i].relevant_ids)
+                known[i] = ans.completion_logprob >= KNOWN_LOGPROB
             lexical = bm25.rank([f"{questions[i].prompt}{questions[i].completion}" for i in idx])
             for i, lex in zip(idx, lexical, strict=True):
                 bm25_ranks[i] = first_hit_rank(lex, questions[i].relevant_ids)
@@ -155,6 +159,12 @@ def evaluate(
         "by_kind": {
             kind: _pair([grad_ranks[i] for i in idx], [bm25_ranks[i] for i in idx])
             for kind, idx in sorted(_group(q.kind for q in questions).items())
+        },
+        # Attribution can only be as sharp as the model's knowledge: split by whether the
+        # model gives the completion probability >= 1/2.
+        "by_model_knowledge": {
+            group: _pair([grad_ranks[i] for i in idx], [bm25_ranks[i] for i in idx])
+            for group, idx in sorted(_group("known" if k else "not_known" for k in known).items())
         },
         "index_config": engine.index_config.to_dict(),
         "feature_config": engine.featurizer.config.to_dict(),

@@ -55,8 +55,8 @@ def test_feature_config_rejects_inconsistent_values() -> None:
 def test_config_defaults_are_pinned() -> None:
     # Changing a default changes every index's snapshot id: make it a deliberate decision.
     assert FeatureConfig().to_dict() == {
-        "proj_in": 8,
-        "proj_out": 8,
+        "proj_in": 16,
+        "proj_out": 16,
         "seed": 0,
         "include": ["*"],
         "exclude": [],
