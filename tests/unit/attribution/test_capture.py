@@ -38,7 +38,7 @@ def _reference_features(model, capture, seq, target_start, config):
         p_in = projection_matrix(config.seed, m.name, "in", m.d_in, config.proj_in)
         p_out = projection_matrix(config.seed, m.name, "out", m.d_out, config.proj_out)
         out.append((p_out.T @ grad @ p_in).flatten())
-    return out, float(loss)
+    return out, loss.item()
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
