@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,13 @@ import click
 
 from auditor_server import __version__
 from auditor_server.errors import ConfigError, InputError, IntegrityError, SandboxError
+
+# torch and FAISS each load an OpenMP runtime whose idle threads busy-wait after every
+# parallel region; on a small shared host that spinning starves the threads doing work
+# (bench/README.md: attribute p50 2x and p90 5x slower, PQ training 2x slower). The runtimes
+# read this once, when they load, so it is set here, before any command imports them; an
+# explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
