@@ -2,8 +2,21 @@
 
 The demo only works if the model actually *memorizes* the planted facts and passages:
 attribution can only find the records behind an answer the model knows. The ``demo`` preset
-is tuned for that on a 2-core CPU within a few minutes (see the figures in its docstring);
-``tiny`` exists so tests can run the whole trainer in seconds.
+is tuned for that on a 2-core CPU within a few minutes (figures below); ``tiny`` exists so
+tests can run the whole trainer in seconds.
+
+Measured on the demo corpus (seed 0, synthetic background: 3,787 records, ~1.07 MB text,
+~207k tokens/epoch with the 4,096-token vocabulary), 2-core AMD EPYC (AVX512-BF16):
+
+* ``demo``: 2.66M parameters, ~14.5k tokens/s with bf16 autocast, ~14 s/epoch, 24 epochs in
+  ~6 min on an otherwise idle machine. Greedy recall: ~71% of the 4,000 fact questions
+  (first word), 19-20 of 20 passages reproduced word for word.
+* Peak learning rate is the sensitive knob (same 24 epochs): 5e-4 -> 24%, 7e-4 -> 41%,
+  1e-3 -> 71%, 1.5e-3 -> 61%, 2e-3 -> 53%, 3e-3 -> 43% fact recall. Facts are learned late
+  (loss plateaus near 0.6 nats for ~10 epochs, then falls), so epochs matter most: at 2e-3,
+  28 epochs gave 58% vs. 53% for 24. Four layers are ~1.5x slower per epoch and were only
+  slightly better per epoch (15% vs. 13% after 12 epochs at 2e-3), so two layers with more
+  epochs win in a fixed time. Passages (6-10 reprints each) are memorized by every setting.
 
 This module imports nothing heavy, so CLIs can list presets without importing torch.
 """
@@ -109,7 +122,7 @@ PRESETS: dict[str, ModelPreset] = {
         block_size=128,
         epochs=24,
         batch_size=16,
-        lr=2e-3,
+        lr=1e-3,
     ),
 }
 """Named presets: ``tiny`` for tests and CI (seconds), ``demo`` for the demo corpus."""

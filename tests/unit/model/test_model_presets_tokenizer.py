@@ -28,7 +28,7 @@ def test_demo_preset_is_pinned() -> None:
         "block_size": 128,
         "epochs": 24,
         "batch_size": 16,
-        "lr": 2e-3,
+        "lr": 1e-3,
         "warmup_fraction": 0.05,
         "min_lr_fraction": 0.1,
         "weight_decay": 0.0,
