@@ -274,8 +274,8 @@ class AttributionEngine:
             cand = ids[0][ids[0] >= 0]
             # Re-score every candidate exactly from the stored vectors, so scores do not
             # depend on the index kind's quantization.
-            cand_vecs = np.asarray(self.vectors[np.sort(cand)], dtype=np.float32)
             cand = np.sort(cand)
+            cand_vecs = np.asarray(self.vectors[cand], dtype=np.float32)
             scores = cand_vecs @ query
             best: dict[int, tuple[float, int]] = {}
             for row, s in zip(cand.tolist(), scores.tolist(), strict=True):
