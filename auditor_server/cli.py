@@ -238,7 +238,7 @@ def _index_options(fn: F) -> F:
         ),
         click.option(
             "--index-kind",
-            type=click.Choice(["exact", "ivf-sq", "ivf-pq"]),
+            type=click.Choice(["exact", "ivf-sq", "ivf-pq", "pq-fs"]),
             default=d.index,
             show_default=True,
         ),

@@ -29,9 +29,9 @@ quantizers are trained on a seeded sample of ``--train-per-list`` rows per list 
 ``build_faiss_index``'s ``train_mask``), because k-means over all rows with the product's
 default ``nlist`` (4*sqrt(N) = 4,000 at 1M) takes tens of minutes on two cores.
 
-The ``pq-fs`` rows are a prototype, not a product index kind (yet): a flat (no IVF) 4-bit
-product quantizer scanned with FAISS's SIMD "fast scan" kernels, followed by the engine's
-exact re-rank. It scans every row, so it does not depend on the query lying near the rows'
+The ``pq-fs`` kind (``IndexConfig(index="pq-fs")``) is a flat (no IVF) 4-bit product
+quantizer scanned with FAISS's SIMD "fast scan" kernels, followed by the engine's exact
+re-rank. It scans every row, so it does not depend on the query lying near the rows'
 clusters: the real queries are gradients of a *completion*, whose best rows have cosine
 ~0.2-0.4, far from any cluster centre, which is exactly where IVF's coarse routing fails.
 
@@ -308,15 +308,14 @@ def _builder(
 
         return flat, [None], [1]
     if kind == "pq-fs":
-        # Prototype, not an IndexConfig kind yet: flat 4-bit PQ with SIMD fast scan
-        # (d/4 sub-quantizers of 4 dims, d/8 bytes a row) + the engine's exact re-rank.
-        def pq_fs(v: F32) -> Any:
-            ix = faiss.index_factory(d, f"PQ{d // 4}x4fs", faiss.METRIC_INNER_PRODUCT)
-            ix.train(np.ascontiguousarray(v[train_mask]))
-            ix.add(v)
-            return ix
-
-        return pq_fs, [None], list(args.rerank)
+        # Flat 4-bit PQ with SIMD fast scan (d/4 sub-quantizers of 4 dims, d/8 bytes a row)
+        # + the engine's exact re-rank; no IVF, so nothing to sweep but the re-rank depth.
+        fs_config = IndexConfig(index="pq-fs")
+        return (
+            (lambda v: build_faiss_index(v, fs_config, train_mask=train_mask)),
+            [None],
+            list(args.rerank),
+        )
     config = IndexConfig(index=kind, nlist=nlist)
     return (
         (lambda v: build_faiss_index(v, config, train_mask=train_mask)),
@@ -331,7 +330,7 @@ def _label(kind: str, index: Any, d: int, nlist: int) -> str:
     if kind == "flat":
         return "exact (FlatIP)"
     if kind == "pq-fs":
-        return f"PQ{d // 4}x4fs flat (prototype)"
+        return f"PQ{d // 4}x4fs flat (fast scan)"
     if kind == "ivf-sq":
         return f"IVF-SQ8 (nlist {nlist})"
     return f"IVF-PQ{index.pq.M}x8 (nlist {nlist})"
@@ -414,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rescore",
         choices=["einsum", "blas"],
         default="einsum",
-        help="how re-ranking computes exact scores (see rerank(); blas = the engine today)",
+        help="how re-ranking computes exact scores (see rerank(); einsum = the engine)",
     )
     add_omp_argument(parser)
     args = parser.parse_args(argv)

@@ -58,6 +58,14 @@ def build_faiss_index(
         index.add(np.ascontiguousarray(vectors))
         return index
     train = vectors if train_mask is None else vectors[train_mask]
+    if config.index == "pq-fs":
+        m = config.pq_m or max(1, d // 4)
+        while d % m:
+            m -= 1
+        index = faiss.index_factory(d, f"PQ{m}x4fs", metric)
+        index.train(np.ascontiguousarray(train))
+        index.add(np.ascontiguousarray(vectors))
+        return index
     nlist = config.nlist or default_nlist(train.shape[0])
     quantizer = faiss.IndexFlatIP(d)
     if config.index == "ivf-sq":
@@ -93,6 +101,11 @@ def read_index(path: Path) -> Any:
     raise ConfigError(f"{path}: cannot read FAISS index")
 
 
+def takes_selector(index: Any) -> bool:
+    """Whether ``index`` filters with an ID selector inside its search (fast-scan cannot)."""
+    return not isinstance(index, import_faiss().IndexFastScan)
+
+
 class RowSelector:
     """A reusable FAISS selector that admits only rows where ``allowed`` is True."""
 
@@ -103,6 +116,27 @@ class RowSelector:
         # The bitmap must outlive the selector, which only keeps a pointer to it.
         self._bits = np.packbits(allowed.astype(np.uint8), bitorder="little")
         self.selector = faiss.IDSelectorBitmap(allowed.shape[0], faiss.swig_ptr(self._bits))
+        self._view: Any = None
+
+    def view(self, index: Any, vectors: NDArray[Any], chunk: int = 65_536) -> Any:
+        """A copy of ``index`` holding only the allowed rows, under their original ids.
+
+        For index kinds that cannot filter inside the search (fast scan): the excluded rows
+        are simply not in the copy, so they still take no rank and displace nothing. The
+        copy reuses the trained quantizer (trained on non-private rows) and re-encodes the
+        allowed rows from the stored vectors once; it is cached with this selector.
+        """
+        if self._view is None:
+            faiss = import_faiss()
+            empty = faiss.deserialize_index(faiss.serialize_index(index))
+            empty.reset()
+            view = faiss.IndexIDMap(empty)
+            rows = np.flatnonzero(self.allowed).astype(np.int64)
+            for s in range(0, rows.size, chunk):
+                part = rows[s : s + chunk]
+                view.add_with_ids(np.asarray(vectors[part], dtype=np.float32), part)
+            self._view = view
+        return self._view
 
 
 def search(
@@ -112,6 +146,13 @@ def search(
     faiss = import_faiss()
     q = np.ascontiguousarray(queries, dtype=np.float32)
     sel = selector.selector if selector is not None else None
+    if isinstance(index, faiss.IndexIDMap) or not takes_selector(index):
+        # A view (IndexIDMap) already holds only the allowed rows; a bare fast-scan index
+        # cannot filter, so it may only be searched unfiltered.
+        if selector is not None and not isinstance(index, faiss.IndexIDMap):
+            raise ValueError("this index kind cannot filter; search selector.view(...) instead")
+        scores, ids = index.search(q, k)
+        return scores, ids
     if isinstance(index, faiss.IndexIVF):
         params: Any = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
     else:

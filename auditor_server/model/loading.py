@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from auditor_server.errors import ConfigError
 
@@ -220,6 +221,9 @@ def load_model(
         raise ConfigError(f"cannot read {path / 'config.json'}: {exc}") from exc
     # Corrupt files surface as whatever the parser raises (safetensors raises its own
     # SafetensorError), so anything except interrupts becomes one actionable ConfigError.
+    # transformers draws a "Loading weights" bar per load; a server or CLI loads once and the
+    # bar only clutters logs (our own long work has its own progress bars).
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), config=config, dtype=dtype, **kwargs

@@ -101,3 +101,24 @@ def test_projection_is_seeded_per_module() -> None:
     assert torch.equal(a, projection_matrix(0, "layer.0", "in", 16, 4))
     assert not torch.equal(a, projection_matrix(1, "layer.0", "in", 16, 4))
     assert not torch.equal(a, projection_matrix(0, "layer.1", "in", 16, 4))
+
+
+def test_closed_form_logit_gradient_equals_autograd() -> None:
+    from auditor_server.attribution.capture import logit_grad_and_nll
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 7, 11, generator=gen, requires_grad=True)
+    ids = torch.randint(0, 11, (3, 7), generator=gen)
+    mask = torch.zeros(3, 7, dtype=torch.long)
+    mask[0, 1:] = 1
+    mask[1, 4:6] = 1  # a gap in the middle (padding or prompt tokens after the target)
+    mask[2, 3:] = 1
+    nll = masked_token_nll(logits, ids, mask)
+    nll.sum().backward()
+    grad, closed_nll = logit_grad_and_nll(logits.detach(), ids, mask)
+    torch.testing.assert_close(closed_nll, nll.detach())
+    assert logits.grad is not None
+    torch.testing.assert_close(grad, logits.grad)
+    # The last position predicts nothing and masked positions contribute nothing.
+    assert torch.count_nonzero(grad[:, -1]) == 0
+    assert torch.count_nonzero(grad[1, :3]) == 0
