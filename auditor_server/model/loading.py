@@ -223,7 +223,7 @@ def load_model(
     # SafetensorError), so anything except interrupts becomes one actionable ConfigError.
     # transformers draws a "Loading weights" bar per load; a server or CLI loads once and the
     # bar only clutters logs (our own long work has its own progress bars).
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), config=config, dtype=dtype, **kwargs
