@@ -11,3 +11,15 @@ from __future__ import annotations
 
 class WireVerificationError(Exception):
     """Something the lab sent failed verification; the message says expected vs. actual."""
+
+
+class SignatureError(WireVerificationError):
+    """A lab signature is missing, malformed, by another key, or does not verify."""
+
+
+class BindingError(WireVerificationError):
+    """A correctly signed answer is not the answer to *this* request (digest, method, item)."""
+
+
+class MalformedResponseError(WireVerificationError):
+    """A signed response body does not parse as a ``ResponseBody``."""
