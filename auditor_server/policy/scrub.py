@@ -71,14 +71,35 @@ def find_pii(text: str) -> list[PiiMatch]:
     emails = [PiiMatch(m.start(), m.end(), "email") for m in _EMAIL.finditer(text)]
     found = list(emails)
     for m in _PHONE.finditer(text):
-        digits = sum(ch.isdigit() for ch in m.group())
-        if not _MIN_PHONE_DIGITS <= digits <= _MAX_PHONE_DIGITS:
+        start, end = m.start(), _fit_digits(text, m.start(), m.end())
+        if end is None:
             continue
-        if any(e.start < m.end() and m.start() < e.end for e in emails):
+        if any(e.start < end and start < e.end for e in emails):
             continue
-        found.append(PiiMatch(m.start(), m.end(), "phone"))
+        found.append(PiiMatch(start, end, "phone"))
     found.sort(key=lambda p: p.start)
     return found
+
+
+def _fit_digits(text: str, start: int, end: int) -> int | None:
+    """End of the longest prefix of a phone match with a plausible digit count, if any.
+
+    The international pattern takes digit groups greedily, so ``+44 20 7946 0958 2024``
+    (a number followed by a year) first matches as one 16-digit run; dropping trailing
+    groups recovers the number instead of missing it.
+    """
+    while True:
+        digits = sum(ch.isdigit() for ch in text[start:end])
+        if digits < _MIN_PHONE_DIGITS:
+            return None
+        if digits <= _MAX_PHONE_DIGITS:
+            return end
+        cut = max(text.rfind(sep, start, end) for sep in " \t.-\u00a0")
+        if cut <= start:
+            return None
+        end = cut
+        while end > start and not text[end - 1].isdigit() and text[end - 1] != ")":
+            end -= 1
 
 
 def scrub_range(text: str, start: int, end: int) -> str:
