@@ -23,3 +23,7 @@ class BindingError(WireVerificationError):
 
 class MalformedResponseError(WireVerificationError):
     """A signed response body does not parse as a ``ResponseBody``."""
+
+
+class ProofError(WireVerificationError):
+    """A Merkle inclusion or consistency proof does not lead to the signed root(s)."""
