@@ -480,3 +480,17 @@ def test_method_not_allowed_names_the_status_and_no_auditor_text() -> None:
     exc = MethodNotAllowed()
     assert exc.code == "PERMISSION_DENIED"
     assert "role" in exc.message
+
+
+def test_every_refusal_class_names_a_real_grpc_status() -> None:
+    """The service maps ``code`` with ``grpc.StatusCode[code]``; every name must exist."""
+    grpc = pytest.importorskip("grpc")
+
+    def subclasses(cls: type[RequestRejected]) -> list[type[RequestRejected]]:
+        return [c for s in cls.__subclasses__() for c in (s, *subclasses(s))]
+
+    found = subclasses(RequestRejected)
+    assert len(found) >= 10
+    for cls in found:
+        assert grpc.StatusCode[cls.code] is not grpc.StatusCode.OK
+        assert cls().message == cls.default_message
