@@ -457,5 +457,101 @@ def generate(
         )
 
 
+# --- service ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option("--policy", "policy_path", required=True, type=_path(exists=True, dir_okay=False))
+@click.option(
+    "--lab-key",
+    "lab_key_path",
+    required=True,
+    type=_path(exists=True),
+    help="Directory (or lab.key file) from `auditor-server keys`.",
+)
+@click.option(
+    "--state",
+    "state_dir",
+    required=True,
+    type=_path(file_okay=False),
+    help="Directory for the ledger, replay cache and quotas (SQLite; keep it across restarts).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True)
+@click.option("--tls-cert", type=_path(exists=True, dir_okay=False), help="Server certificate.")
+@click.option("--tls-key", type=_path(exists=True, dir_okay=False), help="Server private key.")
+@click.option(
+    "--tls-client-ca",
+    type=_path(exists=True, dir_okay=False),
+    help="Require client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
+    "--insecure", is_flag=True, help="Serve without TLS (only for local tests and benchmarks)."
+)
+@click.option("--max-workers", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option(
+    "--max-concurrent-rpcs", type=click.IntRange(1, 10_000), default=32, show_default=True
+)
+def serve(
+    index_dir: Path,
+    policy_path: Path,
+    lab_key_path: Path,
+    state_dir: Path,
+    host: str,
+    port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    insecure: bool,
+    max_workers: int,
+    max_concurrent_rpcs: int,
+) -> None:
+    """Serve the audit API over gRPC until SIGTERM/SIGINT; SIGHUP reloads the policy."""
+    from auditor_server.server import ServerOptions, TLSFiles, open_service
+    from auditor_server.server import serve as run_server
+
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("give both --tls-cert and --tls-key, or neither")
+    if tls_cert is None and not insecure:
+        raise ConfigError("TLS is required: give --tls-cert and --tls-key (or --insecure)")
+    if tls_client_ca is not None and tls_cert is None:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = (
+        TLSFiles(cert=tls_cert, key=tls_key, client_ca=tls_client_ca)
+        if tls_cert is not None and tls_key is not None
+        else None
+    )
+    service = open_service(
+        index_dir=index_dir,
+        policy_path=policy_path,
+        lab_key_path=lab_key_path,
+        state_dir=state_dir,
+    )
+    run_server(
+        service,
+        ServerOptions(
+            host=host,
+            port=port,
+            tls=tls,
+            max_workers=max_workers,
+            max_concurrent_rpcs=max_concurrent_rpcs,
+        ),
+    )
+
+
+def _register_subcommands() -> None:
+    """Commands whose code lives with the package it drives."""
+    from auditor_server.ledger.commands import ledger_group
+    from auditor_server.security.commands import keys_command, tls_demo_certs_command
+
+    main.add_command(keys_command)
+    main.add_command(tls_demo_certs_command)
+    main.add_command(ledger_group)
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -234,14 +234,12 @@ class AttributionResult(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., score: _Optional[float] = ..., data_class: _Optional[str] = ..., disclosure: _Optional[str] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., record_id: _Optional[str] = ..., text: _Optional[str] = ..., span_text: _Optional[str] = ..., module_share: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class AttributeResponse(_message.Message):
-    __slots__ = ("logprob", "completion_tokens", "results")
+    __slots__ = ("logprob", "results")
     LOGPROB_FIELD_NUMBER: _ClassVar[int]
-    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     logprob: float
-    completion_tokens: int
     results: _containers.RepeatedCompositeFieldContainer[AttributionResult]
-    def __init__(self, logprob: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., results: _Optional[_Iterable[_Union[AttributionResult, _Mapping]]] = ...) -> None: ...
+    def __init__(self, logprob: _Optional[float] = ..., results: _Optional[_Iterable[_Union[AttributionResult, _Mapping]]] = ...) -> None: ...
 
 class AttributeBatchRequest(_message.Message):
     __slots__ = ("items",)

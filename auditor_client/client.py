@@ -1,0 +1,295 @@
+"""``AuditorClient``: typed calls to the lab's audit service, each answer verified.
+
+Every call signs a fresh envelope (new nonce, current time) and verifies the answer before
+returning it: the lab's signature, that it answers *this* request (request digest and
+method), and its ledger receipt (a signed tree head and an inclusion proof for the leaf the
+client recomputes itself). A failed check raises; there is no unverified path.
+
+The only retry is on ``UNAVAILABLE`` (the request most likely never reached the service),
+with exponential backoff and a *newly signed* envelope each time, so a retry can never be
+mistaken for a replay.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from auditor_client.errors import ServerRefusedError
+from auditor_client.keys import KeyPair, decode_public_key, load_keypair
+from auditor_client.wire import digests
+from auditor_client.wire._proto import audit_pb2 as pb
+from auditor_client.wire._proto import audit_pb2_grpc
+from auditor_client.wire.envelope import sign_request, signed_request_digest
+from auditor_client.wire.receipts import verify_answer
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+LEDGER_TRAILER = "x-ledger-leaf"
+AUDITOR_ID_FILE = "auditor.id"
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """How the client authenticates the server, and optionally itself (mutual TLS).
+
+    Attributes:
+        ca: PEM file of the CA that signed the server certificate (None: system roots).
+        cert: client certificate for mutual TLS.
+        key: client private key for mutual TLS.
+        server_name: override the name checked against the server certificate.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        root = self.ca.read_bytes() if self.ca is not None else None
+        cert = self.cert.read_bytes() if self.cert is not None else None
+        key = self.key.read_bytes() if self.key is not None else None
+        return grpc.ssl_channel_credentials(
+            root_certificates=root, private_key=key, certificate_chain=cert
+        )
+
+
+@dataclass(frozen=True)
+class Verified:
+    """One verified exchange: what was sent, what came back, and the parsed signed body.
+
+    Kept whole so a report can carry it and anyone holding the lab's public key can check it
+    again offline.
+    """
+
+    request: pb.SignedRequest
+    response: pb.SignedResponse
+    body: pb.ResponseBody = field(repr=False)
+
+    @property
+    def result(self) -> Message:
+        """The method's own answer (e.g. an ``AttributeResponse``)."""
+        name = self.body.WhichOneof("result")
+        if name is None:
+            raise ValueError("response body carries no result")
+        result: Message = getattr(self.body, name)
+        return result
+
+
+def read_auditor_id(key_dir: Path) -> str | None:
+    """The auditor id stored next to the key by ``auditor keygen --id``, if any."""
+    path = key_dir / AUDITOR_ID_FILE
+    if not path.exists():
+        return None
+    return path.read_text(encoding="utf-8").strip() or None
+
+
+class AuditorClient:
+    """A connection to one lab's audit service, as one registered auditor.
+
+    Use :meth:`connect`; close it (or use it as a context manager) when done.
+    """
+
+    def __init__(
+        self,
+        *,
+        channel: grpc.Channel,
+        keypair: KeyPair,
+        auditor_id: str,
+        lab_public_key: str,
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.25,
+    ) -> None:
+        self._channel = channel
+        self._stub = audit_pb2_grpc.AuditServiceStub(channel)  # type: ignore[no-untyped-call]
+        self.keypair = keypair
+        self.auditor_id = auditor_id
+        self.lab_public_key = decode_public_key(lab_public_key)
+        self.lab_key_id = digests.key_id(self.lab_public_key)
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    @classmethod
+    def connect(
+        cls,
+        server: str,
+        *,
+        key_dir: Path,
+        lab_public_key: str,
+        auditor_id: str | None = None,
+        tls: TLSConfig | None = None,
+        insecure: bool = False,
+        timeout_s: float = 60.0,
+    ) -> AuditorClient:
+        """Open a channel to ``server`` (``host:port``) signing with the key in ``key_dir``.
+
+        Raises:
+            KeyFileError: the key or the lab's public key cannot be read.
+            ValueError: no auditor id given and none stored with the key; or neither TLS
+                nor ``insecure`` chosen.
+        """
+        keypair = load_keypair(key_dir)
+        auditor_id = auditor_id or read_auditor_id(key_dir)
+        if not auditor_id:
+            raise ValueError(
+                f"no auditor id: pass one, or store it with `auditor keygen --id` in {key_dir}"
+            )
+        options: list[tuple[str, str | int]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls is not None:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            channel = grpc.secure_channel(server, tls.credentials(), options=options)
+        elif insecure:
+            channel = grpc.insecure_channel(server, options=options)
+        else:
+            raise ValueError("choose TLS (a TLSConfig) or insecure=True explicitly")
+        return cls(
+            channel=channel,
+            keypair=keypair,
+            auditor_id=auditor_id,
+            lab_public_key=lab_public_key,
+            timeout_s=timeout_s,
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AuditorClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- typed calls ----------------------------------------------------------------------
+
+    def whoami(self) -> Verified:
+        return self._call("WhoAmI", pb.WhoAmIRequest())
+
+    def get_policy(self) -> Verified:
+        return self._call("GetPolicy", pb.GetPolicyRequest())
+
+    def generate(
+        self, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0
+    ) -> Verified:
+        return self._call(
+            "Generate",
+            pb.GenerateRequest(
+                prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+            ),
+        )
+
+    def score(self, prompt: str, completion: str) -> Verified:
+        return self._call("Score", pb.ScoreRequest(prompt=prompt, completion=completion))
+
+    def attribute(self, prompt: str, completion: str, *, top_k: int = 10) -> Verified:
+        return self._call(
+            "Attribute", pb.AttributeRequest(prompt=prompt, completion=completion, top_k=top_k)
+        )
+
+    def attribute_batch(
+        self, items: Sequence[tuple[str, str]], *, top_k: int = 10
+    ) -> Iterator[Verified]:
+        """Attribute many (prompt, completion) pairs in one signed request.
+
+        Yields one verified answer per item, in order; an item the lab refused (e.g. the
+        quota ran out mid-batch) arrives as a signed ``ItemError`` result, not an exception.
+        """
+        request = pb.AttributeBatchRequest(
+            items=[pb.AttributeRequest(prompt=p, completion=c, top_k=top_k) for p, c in items]
+        )
+        envelope = self._sign("AttributeBatch", request)
+        digest = signed_request_digest(envelope)
+        try:
+            for expected, response in enumerate(
+                self._stub.AttributeBatch(envelope, timeout=self.timeout_s)
+            ):
+                body = verify_answer(
+                    response,
+                    lab_public_key=self.lab_public_key,
+                    request_digest=digest,
+                    method="AttributeBatch",
+                    item_index=expected,
+                )
+                yield Verified(request=envelope, response=response, body=body)
+        except grpc.RpcError as exc:
+            raise _refused(exc) from exc
+
+    def tree_head(self) -> Verified:
+        return self._call("GetTreeHead", pb.GetTreeHeadRequest())
+
+    def inclusion_proof(self, leaf_index: int, tree_size: int = 0) -> Verified:
+        return self._call(
+            "GetInclusionProof",
+            pb.GetInclusionProofRequest(leaf_index=leaf_index, tree_size=tree_size),
+        )
+
+    def consistency_proof(self, first_size: int, second_size: int = 0) -> Verified:
+        return self._call(
+            "GetConsistencyProof",
+            pb.GetConsistencyProofRequest(first_size=first_size, second_size=second_size),
+        )
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _sign(self, method: str, request: Message) -> pb.SignedRequest:
+        return sign_request(
+            private_key=self.keypair.private,
+            auditor_id=self.auditor_id,
+            method=method,
+            body=request.SerializeToString(deterministic=True),
+        )
+
+    def _call(self, method: str, request: Message) -> Verified:
+        rpc = getattr(self._stub, method)
+        attempt = 0
+        while True:
+            envelope = self._sign(method, request)
+            try:
+                response = rpc(envelope, timeout=self.timeout_s)
+                break
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(self.backoff_s * 2**attempt)
+                    attempt += 1
+                    continue
+                raise _refused(exc) from exc
+        body = verify_answer(
+            response,
+            lab_public_key=self.lab_public_key,
+            request_digest=signed_request_digest(envelope),
+            method=method,
+        )
+        return Verified(request=envelope, response=response, body=body)
+
+
+def _refused(exc: grpc.RpcError) -> ServerRefusedError:
+    """The service's refusal as a typed error, with the ledger leaf that recorded it."""
+    if not isinstance(exc, grpc.Call):
+        return ServerRefusedError("UNKNOWN", str(exc), None)
+    leaf: int | None = None
+    for key, value in exc.trailing_metadata() or ():
+        if key == LEDGER_TRAILER and isinstance(value, str) and value.isdigit():
+            leaf = int(value)
+    code = exc.code()
+    return ServerRefusedError(
+        code.name if code is not None else "UNKNOWN", exc.details() or "", leaf
+    )

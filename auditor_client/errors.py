@@ -1,0 +1,31 @@
+"""Errors the auditor client raises, split by who is at fault.
+
+- :class:`ServerRefusedError`: the lab's service said no (bad arguments, quota, permissions);
+  the refusal itself is logged in the lab's ledger (``ledger_leaf``).
+- :class:`~auditor_client.wire.errors.WireVerificationError` and its subclasses: an answer
+  failed verification (signature, binding, receipt): the lab, or something between, sent
+  something it cannot prove. Never retried, never ignored.
+"""
+
+from __future__ import annotations
+
+
+class AuditorClientError(Exception):
+    """Base class for the client's deliberate failures."""
+
+
+class ServerRefusedError(AuditorClientError):
+    """The service refused a request with a gRPC status.
+
+    Attributes:
+        code: gRPC status name, e.g. ``RESOURCE_EXHAUSTED``.
+        message: the service's message.
+        ledger_leaf: index of the ledger entry recording the refusal, when the service sent it.
+    """
+
+    def __init__(self, code: str, message: str, ledger_leaf: int | None) -> None:
+        where = f" (ledger leaf {ledger_leaf})" if ledger_leaf is not None else ""
+        super().__init__(f"{code}: {message}{where}")
+        self.code = code
+        self.message = message
+        self.ledger_leaf = ledger_leaf
