@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -636,3 +637,57 @@ def test_client_cli_whoami_and_attribute(lab: Lab) -> None:
     assert bad.returncode == 4 and "VERIFICATION FAILED" in bad.stderr
     refused = run("attribute", *base, "--prompt", "a", "--completion", " b", "--top-k", "6")
     assert refused.returncode == 3 and "INVALID_ARGUMENT" in refused.stderr
+
+
+def test_generate_score_and_batch_answers(lab: Lab) -> None:
+    with lab.client("reg") as client:
+        gen = client.generate("The", max_new_tokens=4, temperature=0.0)
+        again = client.generate("The", max_new_tokens=4, temperature=0.0)
+        assert gen.body.generate.completion == again.body.generate.completion
+        score = client.score("The", " quick brown fox").body.score
+        assert score.logprob < 0 and score.completion_tokens > 0
+        single = client.attribute("The", " quick brown fox", top_k=4).body.attribute
+        batch = list(
+            client.attribute_batch([("The", " quick brown fox"), ("A", " lazy dog")], top_k=4)
+        )
+        assert [b.body.item_index for b in batch] == [0, 1]
+        # A batch item's answer equals the single query's answer.
+        assert batch[0].body.attribute == single
+        policy = client.get_policy().body.policy
+        assert policy.disclosure["private"] == "none"
+        assert policy.disclosure["proprietary"] == "source_metadata"
+
+
+def test_concurrent_rpc_cap(built_lab_with_cap: Lab) -> None:
+    """With a cap of one RPC at a time, concurrent calls beyond it are refused, not queued."""
+    import concurrent.futures
+
+    lab = built_lab_with_cap
+
+    def hammer(_: int) -> list[str]:
+        codes = []
+        with lab.client("reg") as client:
+            client.retries = 0
+            for i in range(15):
+                try:
+                    client.attribute("The", f" quick brown fox {i}", top_k=3)
+                    codes.append("OK")
+                except ServerRefusedError as exc:
+                    codes.append(exc.code)
+        return codes
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = [c for result in pool.map(hammer, range(6)) for c in result]
+    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, set(codes)
+    with lab.client("reg") as client:
+        assert client.whoami().body.whoami.auditor_id == "reg"
+
+
+@pytest.fixture
+def built_lab_with_cap(lab: Lab, tmp_path: Path) -> Iterator[Lab]:
+    import dataclasses
+
+    capped = dataclasses.replace(lab, state=tmp_path / "state", process=None, stderr_lines=[])
+    capped.start("--insecure", "--max-concurrent-rpcs", "1")
+    yield capped
+    capped.stop()
