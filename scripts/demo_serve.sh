@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Stand up the lab's signed audit service over OUT/index (TLS, the shipped default policy),
+# register a regulator and a third-party auditor, let each ask who it is and one attribution
+# question (every answer verified by the client), verify the ledger, stop the server.
+# Usage: scripts/demo_serve.sh OUT_DIR   (after scripts/demo.sh has built OUT_DIR/index)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: scripts/demo_serve.sh OUT_DIR}
+LAB=$OUT/lab
+S=.venv/bin/auditor-server
+A=.venv/bin/auditor
+PY=.venv/bin/python
+mkdir -p "$LAB"
+
+[ -f "$LAB/lab-key/lab.key" ] || $S keys --out "$LAB/lab-key" >/dev/null
+[ -f "$LAB/certs/ca.pem" ] || $S tls-demo-certs --out "$LAB/certs" >/dev/null
+LAB_KEY=$(cat "$LAB/lab-key/lab.pub")
+{
+  echo "# Demo registry written by scripts/demo_serve.sh"
+  echo "auditors:"
+  for who in regulator third_party; do
+    dir=$OUT/auditors/$who
+    [ -f "$dir/auditor.key" ] || $A keygen --out "$dir" --id "demo-$who" >/dev/null
+    echo "  - {id: demo-$who, role: $who, keys: [{key: \"$(cat "$dir/auditor.pub")\"}]}"
+  done
+} > "$LAB/auditors.yaml"
+sed 's|^auditor_registry: .*|auditor_registry: auditors.yaml|' policy/default.yaml > "$LAB/policy.yaml"
+
+$S serve --index "$OUT/index" --policy "$LAB/policy.yaml" --lab-key "$LAB/lab-key" \
+  --state "$LAB/state" --host 127.0.0.1 --port 0 \
+  --tls-cert "$LAB/certs/server.pem" --tls-key "$LAB/certs/server.key" \
+  > "$LAB/server.out" 2> "$LAB/server.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+port=""
+for _ in $(seq 1 600); do
+  port=$($PY -c 'import json,sys
+for line in open(sys.argv[1]):
+    if line.startswith("{") and json.loads(line).get("event") == "listening":
+        print(json.loads(line)["port"]); break' "$LAB/server.out" 2>/dev/null || true)
+  [ -n "$port" ] && break
+  kill -0 $pid 2>/dev/null || { cat "$LAB/server.log" >&2; exit 1; }
+  sleep 0.2
+done
+[ -n "$port" ] || { echo "server did not start" >&2; cat "$LAB/server.log" >&2; exit 1; }
+echo "lab service on localhost:$port (TLS), lab key $LAB_KEY"
+
+first=$(head -n 1 "$OUT/corpus.questions.jsonl")
+prompt=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$first")
+completion=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["completion"])' "$first")
+for who in regulator third_party; do
+  conn=(--server "localhost:$port" --key "$OUT/auditors/$who" --lab-key "$LAB_KEY"
+        --tls-ca "$LAB/certs/ca.pem")
+  echo "-- as demo-$who"
+  $A whoami "${conn[@]}"
+  $A attribute "${conn[@]}" --prompt "$prompt" --completion "$completion" --top-k 5
+done
+
+kill -TERM $pid
+wait $pid || true
+trap - EXIT
+$S ledger verify --db "$LAB/state/ledger.db" --lab-key "$LAB_KEY"
