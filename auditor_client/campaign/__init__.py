@@ -1,0 +1,1 @@
+"""Audit campaigns: YAML-described probe suites run against a lab, with resumable checkpoints."""
