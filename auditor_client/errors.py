@@ -29,3 +29,14 @@ class ServerRefusedError(AuditorClientError):
         self.code = code
         self.message = message
         self.ledger_leaf = ledger_leaf
+
+
+class CampaignError(AuditorClientError):
+    """A campaign file, one of the files it names, or a campaign directory is invalid.
+
+    Messages name the file and the field path (``suites.bias.templates[2].groups``) or line.
+    """
+
+
+class CampaignStopped(AuditorClientError):  # noqa: N818 (a state, not a failure)
+    """The run stopped early and can be resumed (quota used up, or the lab unreachable)."""
