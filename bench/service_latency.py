@@ -555,11 +555,12 @@ def load_phase(
     barrier.wait()
     t0 = time.perf_counter()
     stop_at[0] = t0 + seconds
-    rss_samples: list[int] = []
+    rss_samples: list[tuple[float, int, int]] = []  # (s into the load, VmRSS, RssAnon)
     while time.perf_counter() < stop_at[0]:
         time.sleep(min(1.0, max(0.0, stop_at[0] - time.perf_counter())))
         with contextlib.suppress(OSError):
-            rss_samples.append(server.status()["VmRSS"])
+            st = server.status()
+            rss_samples.append((time.perf_counter() - t0, st["VmRSS"], st["RssAnon"]))
     for t in threads:
         t.join(timeout=120)
     wall = time.perf_counter() - t0
@@ -573,7 +574,7 @@ def load_phase(
         "wall_s": wall,
         "before": before,
         "after": after,
-        "rss_max_sampled": max(rss_samples) if rss_samples else 0,
+        "rss_samples": rss_samples,
         "cpu_server_s": cpu_server,
         "cpu_client_s": cpu_client,
         "crashes": crashes,
@@ -752,7 +753,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
             _ms2(client_verify),
         ]
     )
-    rows.append(["gRPC + transport + server thread hop (remainder)", "", _ms2(grpc_rest)])
+    rows.append(
+        ["gRPC + transport + server thread hop (remainder; < 0 = noise)", "", _ms2(grpc_rest)]
+    )
     rows.append(["**round trip**", _ms2(rt.median), _ms2(rt_mean)])
     print(
         "\nwhere the round trip goes (service steps timed in the in-process handler; "
@@ -860,6 +863,16 @@ def run(args: argparse.Namespace, work: Path) -> int:
             ],
         ],
     )
+    series = load["rss_samples"]
+    if series:
+        picks = [
+            series[min(len(series) - 1, round(f * (len(series) - 1)))]
+            for f in (0, 0.25, 0.5, 0.75, 1)
+        ]
+        print(
+            "\nserver RssAnon during load (is it still growing?): "
+            + ", ".join(f"{t:.0f} s {fmt_bytes(anon)}" for t, _, anon in picks)
+        )
     print(
         f"\nCPU during load ({wall:.1f} s wall, {os.cpu_count()} cores): server "
         f"{load['cpu_server_s']:.1f} s = {server_util:.0%} of one core; this process (clients) "
@@ -926,6 +939,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
                         "server_status_after": after,
                         "cpu_server_s": load["cpu_server_s"],
                         "cpu_client_s": load["cpu_client_s"],
+                        "server_rss_samples": load["rss_samples"],
                     },
                     "ledger_entries": entries,
                     "ledger_bytes": ledger_bytes,
