@@ -1,0 +1,178 @@
+"""Validating a suite's campaign section and the files it names, with precise error locations.
+
+A campaign fails at plan time, before any query is spent, and every problem is named at
+once: ``suites.copyright.top_k: ...`` for the campaign section, ``FILE:LINE: field: ...``
+for a JSONL or YAML file the section points at.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from auditor_client.campaign.types import JSON
+from auditor_client.errors import CampaignError
+
+PathParts = Sequence[str | int]
+
+
+def field_path(prefix: str, parts: PathParts) -> str:
+    """``suites.bias`` + ``("templates", 2, "id")`` -> ``suites.bias.templates[2].id``."""
+    text = prefix
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _problems(schema: Mapping[str, Any], instance: Any) -> Iterator[tuple[list[str | int], str]]:
+    """Every schema violation as (path, message), with missing/unknown fields named exactly."""
+    validator = jsonschema.Draft202012Validator(schema)
+    for error in validator.iter_errors(instance):
+        path: list[str | int] = list(error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, Mapping):
+            for name in error.validator_value:
+                if name not in error.instance:
+                    yield [*path, name], "required field is missing"
+        elif error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            known = set(error.schema.get("properties", {}))
+            for name in sorted(set(error.instance) - known):
+                yield [*path, str(name)], "unknown field"
+        else:
+            yield path, error.message
+
+
+def _dedupe(lines: Sequence[str]) -> list[str]:
+    return sorted(dict.fromkeys(lines))
+
+
+def check_section(suite: str, config: Any, schema: Mapping[str, Any]) -> JSON:
+    """Validate ``suites.<suite>`` and fill in the schema's defaults.
+
+    Raises:
+        CampaignError: every problem, one per line, each naming ``suites.<suite>.<field>``.
+    """
+    prefix = f"suites.{suite}"
+    problems = _dedupe([f"{field_path(prefix, p)}: {m}" for p, m in _problems(schema, config)])
+    if problems:
+        raise CampaignError("\n".join(problems))
+    section: JSON = dict(config)
+    for name, rule in schema.get("properties", {}).items():
+        if name not in section and "default" in rule:
+            section[name] = rule["default"]
+    return section
+
+
+def resolve_file(suite: str, name: str, value: str, base_dir: Path) -> Path:
+    """A file named by the section, relative to the campaign file's directory; must exist."""
+    path = Path(value)
+    if not path.is_absolute():
+        path = base_dir / path
+    if not path.is_file():
+        raise CampaignError(f"suites.{suite}.{name}: no such file: {path}")
+    return path
+
+
+def read_jsonl(path: Path, schema: Mapping[str, Any], *, key: str = "id") -> list[JSON]:
+    """Read a JSONL file, validating each line and that ``key`` values are unique.
+
+    Blank lines are skipped (editors add them); anything else must be one JSON object.
+
+    Raises:
+        CampaignError: every bad line, as ``FILE:LINE: field: message``.
+    """
+    rows: list[JSON] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CampaignError(f"{path}: cannot read: {exc}") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid JSON: {exc.msg}")
+            continue
+        found = [
+            f"{path}:{number}: {field_path('', p) or '(line)'}: {m}"
+            for p, m in _problems(schema, obj)
+        ]
+        if found:
+            problems.extend(_dedupe(found))
+            continue
+        ident = str(obj[key])
+        if ident in seen:
+            problems.append(
+                f"{path}:{number}: {key}: duplicate {ident!r} (first on line {seen[ident]})"
+            )
+            continue
+        seen[ident] = number
+        rows.append(obj)
+    if problems:
+        raise CampaignError("\n".join(problems))
+    if not rows:
+        raise CampaignError(f"{path}: no entries")
+    return rows
+
+
+def _line_of(node: yaml.Node, parts: PathParts) -> int:
+    """1-based line of the deepest node along ``parts`` (where the problem is, or its parent)."""
+    for part in parts:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    child = value_node
+                    break
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            child = node.value[part]
+        if child is None:
+            break
+        node = child
+    return int(node.start_mark.line) + 1
+
+
+def read_yaml(
+    path: Path, schema: Mapping[str, Any]
+) -> tuple[JSON, Callable[[PathParts, str], str]]:
+    """Read and validate a YAML mapping; also return ``where(parts, msg)`` for later checks.
+
+    ``where`` formats ``FILE:LINE: field: msg`` for a path in the document, so semantic
+    checks after the schema (a group with no completion) point at the right line too.
+
+    Raises:
+        CampaignError: unreadable, not YAML, not a mapping, or schema violations (all named).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CampaignError(f"{path}: cannot read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise CampaignError(f"{path}: not valid YAML: {exc}") from exc
+    if node is None or not isinstance(data, dict):
+        raise CampaignError(f"{path}:1: the file must hold a mapping")
+    root: yaml.Node = node
+
+    def where(parts: PathParts, message: str) -> str:
+        return f"{path}:{_line_of(root, parts)}: {field_path('', parts) or '(file)'}: {message}"
+
+    problems = _dedupe([where(p, m) for p, m in _problems(schema, data)])
+    if problems:
+        raise CampaignError("\n".join(problems))
+    return data, where
