@@ -11,7 +11,6 @@ import hashlib
 import math
 import random
 import re
-from collections import Counter
 from collections.abc import Sequence
 from difflib import SequenceMatcher
 from statistics import NormalDist
@@ -87,7 +86,10 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     denominator = 1.0 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n successes the bound is exactly 0 or 1; floating point leaves a 1e-17 residue.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
 
 
 def quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -124,8 +126,3 @@ def bootstrap_mean_ci(
     means = sorted(math.fsum(rng.choices(values, k=n)) / n for _ in range(resamples))
     alpha = 1.0 - confidence
     return quantile(means, alpha / 2.0), quantile(means, 1.0 - alpha / 2.0)
-
-
-def counts(items: Sequence[str]) -> dict[str, int]:
-    """Occurrences per item, sorted by item (stable JSON)."""
-    return dict(sorted(Counter(items).items()))
