@@ -1,0 +1,258 @@
+"""Assemble a campaign's output directory into one verifiable report, and render it.
+
+``report.json`` is the evidence: the campaign header, every probe record with its signed
+exchanges, the suite summaries and the ledger proofs, in one file a regulator re-verifies
+offline (:mod:`auditor_client.report.verify`). ``index.html`` and ``report.md`` are views
+of it for people; they are regenerated from ``report.json`` alone, so they can never say
+something the evidence does not.
+
+Format ``auditor-sandbox-report/v1``::
+
+    {
+      "format": "auditor-sandbox-report/v1",
+      "campaign": {...campaign.json as the runner wrote it...},
+      "lab": {"snapshot_id", "policy_hash", "model_hash",
+              "policy_hashes": [every policy hash the answers carry, first seen first]},
+      "auditor": {"id", "public_key"},
+      "probes": [ProbeRecord.to_json(), sorted by suite then probe_id],
+      "findings": {suite: Suite.summarize(that suite's records, in report order)},
+      "ledger": {...ledger.json: final_head exchange and consistency proofs...},
+      "verification": {"status": "verified" | "not_checked" | "failed", ...},
+      "generated_ms": Unix ms
+    }
+
+``verification`` is the builder's own check at build time, shown in the rendered header;
+``auditor verify`` never trusts it and recomputes everything.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from auditor_client.report.render import render_html, render_markdown
+from google.protobuf.message import DecodeError
+
+from auditor_client.campaign.types import JSON, ProbeRecord, Suite
+from auditor_client.errors import CampaignError
+from auditor_client.keys import KeyFileError, decode_public_key
+from auditor_client.report.errors import ReportVerificationError
+from auditor_client.report.verify import (
+    REPORT_FORMAT,
+    default_suites,
+    group_by_suite,
+    verify_report_data,
+)
+from auditor_client.wire import digests
+from auditor_client.wire._proto import audit_pb2 as pb
+
+CAMPAIGN_FILE = "campaign.json"
+LEDGER_FILE = "ledger.json"
+PROBES_DIR = "probes"
+REPORT_FILE = "report.json"
+HTML_FILE = "index.html"
+MARKDOWN_FILE = "report.md"
+PLOTS_DIR = "plots"
+
+
+def write_report(
+    out_dir: Path,
+    *,
+    lab_public_key: str | None = None,
+    suites: Mapping[str, Suite] | None = None,
+) -> Path:
+    """Build ``OUT/report.json`` from a campaign directory, then render its HTML and Markdown.
+
+    The report is written atomically (a reader never sees half a report) and verified
+    before rendering when a lab key is known, so the header's status line is a check that
+    was actually made, not a claim.
+
+    Args:
+        out_dir: the campaign output directory (``campaign.json``, ``probes/``,
+            ``ledger.json``).
+        lab_public_key: the lab's key, ``ed25519:<base64>``; defaults to
+            ``campaign.lab.public_key`` when the runner recorded it. Without one the report
+            is built but marked as not checked.
+        suites: the suites that summarize and re-verify findings (default: the registered
+            ones; tests pass their own).
+
+    Returns:
+        The path of ``report.json``.
+
+    Raises:
+        CampaignError: the directory lacks ``campaign.json`` or holds an unreadable probe
+            record or a suite no registered code knows.
+    """
+    suites = suites if suites is not None else default_suites()
+    report = build_report(out_dir, suites=suites)
+    key = lab_public_key or _campaign_lab_key(report["campaign"])
+    report["verification"] = _check(report, lab_public_key=key, suites=suites)
+    path = out_dir / REPORT_FILE
+    write_json_atomic(path, report)
+    render_report(report, out_dir)
+    return path
+
+
+def render_report(report: Mapping[str, Any], out_dir: Path) -> None:
+    """Write ``index.html``, ``report.md`` and ``plots/*.svg`` for a built report."""
+    from auditor_client.report.plots import render_plots
+
+    plots = render_plots(report)
+    plots_dir = out_dir / PLOTS_DIR
+    if plots.svgs:
+        plots_dir.mkdir(exist_ok=True)
+    for name, svg in plots.svgs.items():
+        _write_text_atomic(plots_dir / f"{name}.svg", svg)
+    _write_text_atomic(out_dir / HTML_FILE, render_html(report, plots))
+    _write_text_atomic(out_dir / MARKDOWN_FILE, render_markdown(report, plots, PLOTS_DIR))
+
+
+def build_report(out_dir: Path, *, suites: Mapping[str, Suite]) -> JSON:
+    """The report as data (without ``verification``), from the campaign directory.
+
+    Raises:
+        CampaignError: see :func:`write_report`.
+    """
+    campaign = _read_object(out_dir / CAMPAIGN_FILE, required=True)
+    assert campaign is not None  # required=True never returns None
+    records = _read_probes(out_dir / PROBES_DIR)
+    findings: JSON = {}
+    for suite, suite_records in group_by_suite(records).items():
+        code = suites.get(suite)
+        if code is None:
+            raise CampaignError(
+                f"{out_dir / PROBES_DIR / suite}: no registered suite {suite!r} to summarize it"
+            )
+        findings[suite] = json.loads(json.dumps(code.summarize(suite_records)))
+    ledger = _read_object(out_dir / LEDGER_FILE, required=False)
+    lab = _mapping(campaign.get("lab"))
+    auditor = _mapping(campaign.get("auditor"))
+    return {
+        "format": REPORT_FORMAT,
+        "campaign": campaign,
+        "lab": {
+            "snapshot_id": lab.get("snapshot_id", ""),
+            "policy_hash": lab.get("policy_hash", ""),
+            "model_hash": lab.get("model_hash", ""),
+            "policy_hashes": _policy_hashes(campaign, records, ledger),
+        },
+        "auditor": {"id": auditor.get("id", ""), "public_key": auditor.get("public_key", "")},
+        "probes": [r.to_json() for r in records],
+        "findings": findings,
+        "ledger": ledger,
+        "generated_ms": time.time_ns() // 1_000_000,
+    }
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that ``path`` holds either the old file or the whole new one."""
+    _write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=False, allow_nan=True) + "\n")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check(
+    report: Mapping[str, Any], *, lab_public_key: str | None, suites: Mapping[str, Suite]
+) -> JSON:
+    """The build-time verification result recorded in (and shown from) the report."""
+    if not lab_public_key:
+        return {
+            "status": "not_checked",
+            "reason": "no lab public key given; run `auditor verify` with the lab's key",
+        }
+    try:
+        summary = verify_report_data(report, lab_public_key=lab_public_key, suites=suites)
+        key_id = digests.key_id(decode_public_key(lab_public_key))
+    except (ReportVerificationError, KeyFileError) as exc:
+        return {"status": "failed", "error": str(exc)}
+    return {
+        "status": "verified",
+        "lab_key_id": key_id,
+        "checked_ms": time.time_ns() // 1_000_000,
+        **summary.to_json(),
+    }
+
+
+def _campaign_lab_key(campaign: Mapping[str, Any]) -> str | None:
+    key = _mapping(campaign.get("lab")).get("public_key")
+    return key if isinstance(key, str) and key else None
+
+
+def _read_object(path: Path, *, required: bool) -> JSON | None:
+    if not path.exists() and not required:
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CampaignError(f"{path}: cannot read: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise CampaignError(f"{path}: not a JSON object")
+    return obj
+
+
+def _read_probes(probes_dir: Path) -> list[ProbeRecord]:
+    records: list[ProbeRecord] = []
+    for path in sorted(probes_dir.glob("*/*.json")) if probes_dir.is_dir() else []:
+        obj = _read_object(path, required=True)
+        try:
+            records.append(ProbeRecord.from_json(obj or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CampaignError(f"{path}: not a probe record ({exc!r})") from exc
+    records.sort(key=lambda r: (r.suite, r.probe_id))
+    return records
+
+
+def _policy_hashes(
+    campaign: Mapping[str, Any], records: list[ProbeRecord], ledger: Mapping[str, Any] | None
+) -> list[str]:
+    """Every policy hash the answers carry, by the server time it was first seen.
+
+    Read without verifying (verification comes after and checks this list against what it
+    verified); an exchange that does not parse is skipped here and caught there.
+    """
+    exchanges: list[Any] = [campaign.get("exchange")]
+    exchanges += [e.to_json() for r in records for e in r.exchanges]
+    if ledger is not None:
+        exchanges.append(ledger.get("final_head"))
+        exchanges += [_mapping(c).get("exchange") for c in ledger.get("consistency") or ()]
+    first_seen: dict[str, int] = {}
+    for exchange in exchanges:
+        body = _peek_body(exchange)
+        if body is not None and body.policy_hash:
+            seen = first_seen.get(body.policy_hash)
+            if seen is None or body.server_time_ms < seen:
+                first_seen[body.policy_hash] = body.server_time_ms
+    return sorted(first_seen, key=lambda h: (first_seen[h], h))
+
+
+def _peek_body(exchange: Any) -> pb.ResponseBody | None:
+    if not isinstance(exchange, Mapping) or not isinstance(exchange.get("response"), str):
+        return None
+    try:
+        response = pb.SignedResponse.FromString(base64.b64decode(exchange["response"]))
+        body: pb.ResponseBody = pb.ResponseBody.FromString(response.body)
+    except (binascii.Error, ValueError, DecodeError):
+        return None
+    return body
+
+
+def _mapping(obj: Any) -> Mapping[str, Any]:
+    return obj if isinstance(obj, Mapping) else {}
