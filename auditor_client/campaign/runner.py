@@ -522,7 +522,7 @@ class _Run:
                 raise
             raise stopped from exc
         self._finish("complete", None)
-        report = _write_report(self.out_dir)
+        report = _write_report(self.out_dir, self.campaign, self.registry)
         return RunSummary(
             out_dir=self.out_dir,
             campaign_hash=self.plan.campaign_hash,
@@ -719,8 +719,8 @@ def _as_stop(exc: BaseException) -> BaseException:
     return exc
 
 
-def _write_report(out_dir: Path) -> bool:
-    """Build the report from ``out_dir`` if the report package is installed."""
+def _write_report(out_dir: Path, campaign: Campaign, registry: SuiteRegistry) -> bool:
+    """Build the report from ``out_dir`` (verified against the lab key the run used)."""
     try:
         from auditor_client.report.build import write_report
     except ModuleNotFoundError as exc:
@@ -728,5 +728,5 @@ def _write_report(out_dir: Path) -> bool:
             raise
         log.info("no report writer (auditor_client.report) available; skipping the report")
         return False
-    write_report(out_dir)
+    write_report(out_dir, lab_public_key=campaign.lab_public_key(), suites=registry)
     return True

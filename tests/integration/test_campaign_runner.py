@@ -1,0 +1,373 @@
+"""The campaign runner against a real lab: checkpoints, resume after SIGKILL, quota stops,
+policy refusals, and the ledger consistency proofs that close a run.
+
+The suites here are small fakes (one RPC per probe) so each test controls exactly which
+calls reach the lab and can count the lab's ledger leaves around a resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor_client.campaign import runner
+from auditor_client.campaign.commands import campaign_group
+from auditor_client.campaign.model import Campaign
+from auditor_client.campaign.runner import run_campaign
+from auditor_client.campaign.types import JSON, Exchange, ProbeRecord, ProbeSpec
+from auditor_client.client import AuditorClient
+from auditor_client.errors import CampaignError, CampaignStopped
+from auditor_client.wire import merkle
+from auditor_client.wire._proto import audit_pb2 as pb
+from tests.integration.lab_server import REPO, Lab, build_lab, env, policy_text
+
+
+class _Fake:
+    """One RPC per probe; ``inputs.sleep`` slows probes down for the crash test."""
+
+    name = ""
+
+    def plan(self, config: Mapping[str, Any], *, base_dir: Path, seed: int) -> list[ProbeSpec]:
+        return [
+            ProbeSpec(self.name, f"{self.name}/{i:02d}", {"i": i, "sleep": config.get("sleep", 0)})
+            for i in range(int(config["n"]))
+        ]
+
+    def call(self, spec: ProbeSpec, client: AuditorClient) -> Any:
+        raise NotImplementedError
+
+    def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
+        started = int(time.time() * 1000)
+        time.sleep(float(spec.inputs["sleep"]))
+        verified = self.call(spec, client)
+        return ProbeRecord(
+            suite=self.name,
+            probe_id=spec.probe_id,
+            inputs=spec.inputs,
+            exchanges=(Exchange.of(verified),),
+            findings=self.findings(spec, [verified.body]),
+            started_ms=started,
+            finished_ms=int(time.time() * 1000),
+        )
+
+    def findings(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> JSON:
+        return {"method": answers[0].method}
+
+    def summarize(self, records: Sequence[ProbeRecord]) -> JSON:
+        return {"probes": len(records)}
+
+
+class AttributeFake(_Fake):
+    name = "copyright"
+
+    def call(self, spec: ProbeSpec, client: AuditorClient) -> Any:
+        return client.attribute("The", f" fox number {spec.inputs['i']}", top_k=2)
+
+
+class WhoAmIFake(_Fake):
+    name = "bias"
+
+    def call(self, spec: ProbeSpec, client: AuditorClient) -> Any:
+        return client.whoami()
+
+
+class GenerateFake(_Fake):
+    name = "toxicity"
+
+    def call(self, spec: ProbeSpec, client: AuditorClient) -> Any:
+        return client.generate("The", max_new_tokens=2)
+
+
+FAKES = {"copyright": AttributeFake(), "bias": WhoAmIFake(), "toxicity": GenerateFake()}
+
+# Runs `auditor campaign ...` with the fake suites in place of the shipped ones (and no
+# report: the report is tested on its own). Uses the `auditor` entry point once the
+# campaign group is registered there, the group itself until then.
+ENTRY = """
+import sys
+import auditor_client.campaign.suites as shipped
+from auditor_client.campaign import runner
+from tests.integration.test_campaign_runner import FAKES
+shipped.SUITES.clear()
+shipped.SUITES.update(FAKES)
+runner._write_report = lambda *a, **k: False
+from auditor_client.cli import main
+args = sys.argv[1:]
+if "campaign" not in main.commands:
+    from auditor_client.campaign.commands import campaign_group as main
+    args = args[1:]
+main(args, prog_name="auditor")
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return build_lab(tmp_path_factory.mktemp("campaign-lab"))
+
+
+@pytest.fixture()
+def lab(built: Lab, tmp_path: Path) -> Any:
+    """The built lab with its own state and policy files, served for one test."""
+    policy_dir = tmp_path / "policy"
+    policy_dir.mkdir()
+    shutil.copy(built.policy, policy_dir / "policy.yaml")
+    shutil.copy(built.root / "auditors.yaml", policy_dir / "auditors.yaml")
+    fresh = dataclasses.replace(
+        built,
+        state=tmp_path / "state",
+        policy=policy_dir / "policy.yaml",
+        process=None,
+        stderr_lines=[],
+    )
+    fresh.start()
+    yield fresh
+    if fresh.process is not None:
+        fresh.stop()
+
+
+@pytest.fixture()
+def reports(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    calls: list[Path] = []
+
+    def fake_report(out_dir: Path, campaign: Campaign, registry: object) -> bool:
+        calls.append(out_dir)
+        return True
+
+    monkeypatch.setattr(runner, "_write_report", fake_report)
+    # The command resolves the shipped registry; in-process tests swap in the fakes.
+    monkeypatch.setattr(runner, "_default_suites", lambda: FAKES)
+    return calls
+
+
+def campaign_file(tmp_path: Path, lab: Lab, who: str, suites: str, concurrency: int = 2) -> Path:
+    path = tmp_path / "campaign.yaml"
+    path.write_text(
+        "version: 1\n"
+        "name: test-campaign\n"
+        "server: {address: '127.0.0.1:1', insecure: true}\n"
+        f'lab_key: "{lab.lab_public}"\n'
+        f"auditor: {{key_dir: '{lab.keys[who]}', id: {who}}}\n"
+        f"concurrency: {concurrency}\n"
+        f"suites: {suites}\n"
+    )
+    return path
+
+
+def load(path: Path, lab: Lab) -> Campaign:
+    return Campaign.from_file(path).with_overrides(server=lab.address)
+
+
+def leaves(lab: Lab) -> int:
+    con = sqlite3.connect(f"file:{lab.state / 'ledger.db'}?mode=ro", uri=True)
+    try:
+        count: int = con.execute("SELECT COUNT(*) FROM leaves").fetchone()[0]
+        return count
+    finally:
+        con.close()
+
+
+def checkpoints(out: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "probes").glob("*/*.json"))
+    }
+
+
+def check_ledger_file(out: Path, lab: Lab) -> dict[str, Any]:
+    """Re-verify ledger.json from its stored exchanges alone."""
+    ledger: dict[str, Any] = json.loads((out / "ledger.json").read_text())
+    final = pb.ResponseBody.FromString(
+        Exchange.from_json(ledger["final_head"]).signed_response().body
+    ).tree_head.tree_head
+    assert final.tree_size == ledger["final_size"]
+    for entry in ledger["consistency"]:
+        body = pb.ResponseBody.FromString(
+            Exchange.from_json(entry["exchange"]).signed_response().body
+        )
+        proof = body.consistency_proof
+        assert (proof.first_size, proof.second_size) == (entry["from_size"], final.tree_size)
+        merkle.verify_consistency(
+            entry["from_size"],
+            final.tree_size,
+            bytes.fromhex(entry["from_root"]),
+            final.root_hash,
+            list(proof.path),
+        )
+    return ledger
+
+
+def test_full_run_checkpoints_every_probe_and_proves_the_ledger(
+    lab: Lab, tmp_path: Path, reports: list[Path]
+) -> None:
+    path = campaign_file(tmp_path, lab, "reg", "{copyright: {n: 5}, bias: {n: 2}}")
+    out = tmp_path / "out"
+    summary = run_campaign(
+        load(path, lab), out_dir=out, resume=False, workers=None, progress=False, suites=FAKES
+    )
+    assert (summary.total, summary.ran, summary.skipped, summary.refused) == (7, 7, 0, 0)
+    assert reports == [out]
+    files = checkpoints(out)
+    assert len(files) == 7
+    assert any(k.startswith("probes/copyright/copyright_00~") for k in files)  # '/' sanitized
+    for raw in files.values():
+        record = ProbeRecord.from_json(json.loads(raw))
+        assert len(record.exchanges) == 1 and record.findings["method"] in ("Attribute", "WhoAmI")
+
+    state = json.loads((out / "campaign.json").read_text())
+    assert state["status"] == "complete" and state["finished"]
+    assert state["campaign_hash"] == summary.campaign_hash
+    assert state["specs"] == {"bias": 2, "copyright": 5}
+    assert state["lab"]["method"] == "GetPolicy"
+    assert len(state["lab"]["policy_hash"]) == 64 and state["lab"]["snapshot_id"]
+    assert state["auditor"]["id"] == "reg"
+    assert state["auditor"]["public_key"] == (lab.keys["reg"] / "auditor.pub").read_text().strip()
+    assert "PRIVATE" not in (out / "campaign.json").read_text()
+
+    ledger = check_ledger_file(out, lab)
+    assert summary.consistency_proofs == len(ledger["consistency"]) >= 1
+
+    # Running again into the same directory needs --resume; resuming a finished run redoes
+    # nothing; a damaged checkpoint is reported and redone.
+    with pytest.raises(CampaignError, match="use --resume"):
+        run_campaign(load(path, lab), out_dir=out, resume=False, workers=1, progress=False,
+                     suites=FAKES)  # fmt: skip
+    damaged = sorted((out / "probes" / "bias").glob("*.json"))[0]
+    damaged.write_text('{"suite": "bias", "probe_id"')
+    again = run_campaign(
+        load(path, lab), out_dir=out, resume=True, workers=1, progress=False, suites=FAKES
+    )
+    assert (again.ran, again.skipped, again.redone) == (1, 6, ("bias/bias/00",))
+    assert json.loads(damaged.read_text())["probe_id"] == "bias/00"
+    after = checkpoints(out)
+    assert {k: v for k, v in after.items() if "bias_00" not in k} == {
+        k: v for k, v in files.items() if "bias_00" not in k
+    }
+    assert len(json.loads((out / "campaign.json").read_text())["sessions"]) == 2
+
+    # A changed campaign is not resumed into the old directory.
+    campaign_file(tmp_path, lab, "reg", "{copyright: {n: 6}, bias: {n: 2}}")
+    with pytest.raises(CampaignError, match=f"records campaign {summary.campaign_hash}"):
+        run_campaign(load(path, lab), out_dir=out, resume=True, workers=1, progress=False,
+                     suites=FAKES)  # fmt: skip
+
+
+def test_policy_refusals_are_recorded_and_the_run_goes_on(
+    lab: Lab, tmp_path: Path, reports: list[Path]
+) -> None:
+    # `limited` may call WhoAmI but not Generate, GetPolicy or the ledger proofs.
+    path = campaign_file(tmp_path, lab, "limited", "{toxicity: {n: 2}, bias: {n: 2}}")
+    out = tmp_path / "out"
+    result = CliRunnerInvoke(
+        ["run", str(path), "--out", str(out), "--server", lab.address, "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 refused by the lab's policy" in result.output
+    for i in range(2):
+        (refused,) = (out / "probes" / "toxicity").glob(f"toxicity_0{i}~*.json")
+        record = ProbeRecord.from_json(json.loads(refused.read_text()))
+        assert record.exchanges == ()
+        assert record.findings["refused"] == "PERMISSION_DENIED"
+        assert record.findings["message"] == "your role may not call this method"
+    assert len(checkpoints(out)) == 4
+    state = json.loads((out / "campaign.json").read_text())
+    assert state["lab"]["method"] == "WhoAmI" and state["status"] == "complete"
+    ledger = json.loads((out / "ledger.json").read_text())
+    assert ledger["final_head"] is None and ledger["refused"]["code"] == "PERMISSION_DENIED"
+
+
+def CliRunnerInvoke(args: list[str]) -> Any:
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(campaign_group, args)
+
+
+def test_quota_stop_then_resume_after_the_lab_raises_it(
+    lab: Lab, tmp_path: Path, reports: list[Path]
+) -> None:
+    path = campaign_file(tmp_path, lab, "limited", "{copyright: {n: 6}}")
+    out = tmp_path / "out"
+    with pytest.raises(CampaignStopped, match="resume with --resume"):
+        run_campaign(
+            load(path, lab), out_dir=out, resume=False, workers=2, progress=False, suites=FAKES
+        )
+    first = checkpoints(out)
+    assert len(first) == 3  # daily_queries: 3
+    state = json.loads((out / "campaign.json").read_text())
+    assert state["status"] == "stopped" and state["stop"]["reason"] == "quota"
+    assert state["stop"]["code"] == "RESOURCE_EXHAUSTED"
+
+    # Exit code 5 from the command while the quota is still used up.
+    result = CliRunnerInvoke(
+        ["run", str(path), "--out", str(out), "--resume", "--server", lab.address,
+         "--no-progress"]
+    )  # fmt: skip
+    assert result.exit_code == 5, result.output
+    assert "resume with --resume" in result.output
+    assert checkpoints(out) == first
+
+    with lab.client("limited") as client:
+        old_hash = client.whoami().body.policy_hash
+    lab.policy.write_text(policy_text(limited_quota=50))
+    assert lab.process is not None
+    lab.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    with lab.client("limited") as client:
+        while client.whoami().body.policy_hash == old_hash:
+            assert time.monotonic() < deadline, "policy was not reloaded"
+            time.sleep(0.2)
+
+    summary = run_campaign(
+        load(path, lab), out_dir=out, resume=True, workers=2, progress=False, suites=FAKES
+    )
+    assert (summary.ran, summary.skipped) == (3, 3)
+    final = checkpoints(out)
+    assert len(final) == 6 and {k: final[k] for k in first} == first
+    state = json.loads((out / "campaign.json").read_text())
+    assert state["status"] == "complete" and state["stop"] is None
+    policies = {s["lab"]["policy_hash"] for s in state["sessions"]}
+    assert len(policies) == 2  # the resume recorded the new policy
+
+
+def test_sigkill_then_resume_redoes_nothing(lab: Lab, tmp_path: Path) -> None:
+    path = campaign_file(tmp_path, lab, "reg", "{copyright: {n: 12, sleep: 0.4}}")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", ENTRY, "campaign", "run", str(path), "--out", str(out),
+           "--server", lab.address, "--workers", "2", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(checkpoints(out) if (out / "probes").exists() else {}) < 3:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1.0)  # let the lab finish answering what was in flight
+    before = checkpoints(out)
+    assert 3 <= len(before) < 12
+    leaves_before = leaves(lab)
+
+    done = subprocess.run(
+        [*cmd, "--resume"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    after = checkpoints(out)
+    assert len(after) == 12
+    assert {k: after[k] for k in before} == before  # not redone, byte for byte
+    ledger = check_ledger_file(out, lab)
+    remaining = 12 - len(before)
+    # remaining probes + the resume's GetPolicy + GetTreeHead + one proof per tree size
+    assert leaves(lab) - leaves_before == remaining + 2 + len(ledger["consistency"])
+    state = json.loads((out / "campaign.json").read_text())
+    assert [s["resume"] for s in state["sessions"]] == [False, True]
+    assert state["sessions"][0]["status"] == "running"  # killed: never finished
+    assert state["sessions"][1]["skipped"] == len(before)
