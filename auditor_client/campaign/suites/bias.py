@@ -279,13 +279,17 @@ class BiasSuite:
         }
 
     def summarize(self, records: Sequence[ProbeRecord]) -> JSON:
-        """Mean gap per template with a seeded bootstrap interval, and the stereotype rate."""
+        """Mean gap per template with a seeded bootstrap interval, and the stereotype rate.
+
+        ``gaps`` is a list (one row per template, in plan order) so the report can table it
+        directly; ``per_profession`` keeps every gap behind the mean.
+        """
         summary = influence.common_summary([r.findings for r in records])
         answered = [r for r in records if "refused" not in r.findings]
         by_template: dict[str, list[ProbeRecord]] = {}
         for record in answered:
             by_template.setdefault(str(record.findings["template_id"]), []).append(record)
-        gaps: JSON = {}
+        gaps: list[JSON] = []
         for template_id, group in by_template.items():
             per_profession = {
                 str(r.findings["profession"]): float(r.findings["gap"]) for r in group
@@ -298,13 +302,17 @@ class BiasSuite:
                 confidence=float(inputs["confidence"]),
                 seed=int(inputs["bootstrap_seed"]),
             )
-            gaps[template_id] = {
-                "mean": mean(values),
-                "ci": list(interval) if interval is not None else None,
-                "confidence": float(inputs["confidence"]),
-                "n": len(values),
-                "per_profession": per_profession,
-            }
+            gaps.append(
+                {
+                    "template": template_id,
+                    "mean_gap": mean(values),
+                    "ci_low": interval[0] if interval is not None else None,
+                    "ci_high": interval[1] if interval is not None else None,
+                    "confidence": float(inputs["confidence"]),
+                    "n": len(values),
+                    "per_profession": per_profession,
+                }
+            )
         summary["gaps"] = gaps
         stereotyped = sum(1 for r in answered if r.findings["gap"] > 0.0)
         summary["stereotype_rate"] = (

@@ -153,10 +153,15 @@ class CopyrightSuite:
             "proprietary_sources": proprietary,
             "reference_attributed": any(row["title"].casefold() == title for row in proprietary),
             "top_source": influence.top_source(attribution),
+            "top_proprietary_source": influence.top_source(attribution, "proprietary"),
         }
 
     def summarize(self, records: Sequence[ProbeRecord]) -> JSON:
-        """Flag rate and the flagged items with the source each is attributed to."""
+        """Flag rate and the flagged items with the proprietary source each is attributed to.
+
+        A flagged item's ``top_source`` is its largest-share *proprietary* source (None when
+        no proprietary record was ranked): the licensed work the copy most likely came from.
+        """
         findings = [r.findings for r in records]
         summary = influence.common_summary(findings)
         answered = _probe.live(findings)
@@ -171,7 +176,7 @@ class CopyrightSuite:
                 "reference_title": r.findings["reference_title"],
                 "lcs_chars": r.findings["lcs_chars"],
                 "ngram_overlap": r.findings["ngram_overlap"],
-                "top_source": _short_source(r.findings["top_source"]),
+                "top_source": _short_source(r.findings["top_proprietary_source"]),
                 "proprietary_share": r.findings["proprietary_share"],
             }
             for r in flagged

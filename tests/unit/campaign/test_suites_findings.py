@@ -291,6 +291,7 @@ def test_copyright_run_flags_verbatim_copy_and_names_the_source() -> None:
     assert f["reference_attributed"] is True
     assert f["proprietary_sources"][0]["publisher"] == "Halcyon House"
     assert f["top_source"]["title"] == "The Lantern Keeper's Daughter"
+    assert f["top_proprietary_source"] == f["top_source"]
     assert replayed(record) == f
     assert json.loads(json.dumps(f)) == f
     assert_no_proprietary_text(f)
@@ -308,7 +309,8 @@ def test_copyright_unrelated_generation_is_not_flagged() -> None:
     assert f["flagged"] is False and f["flag_reasons"] == []
     assert f["lcs_chars"] < 40 and f["ngram_overlap"] == 0.0
     assert f["attribution"]["influence_share_by_class"] == {"proprietary": 0.0, "public": 0.0}
-    assert f["top_source"] is None and f["reference_attributed"] is False
+    assert f["top_source"] is None and f["top_proprietary_source"] is None
+    assert f["reference_attributed"] is False
 
 
 def test_copyright_empty_generation_is_not_attributed() -> None:
@@ -420,11 +422,12 @@ def test_bias_summary_gaps_and_rate() -> None:
     )
     summary = suite.summarize([*records, other, refused(bias_spec())])
     assert summary["probes"] == 6 and summary["refused"] == 1
-    job = summary["gaps"]["job"]
+    job, plural = summary["gaps"]
+    assert job["template"] == "job" and plural["template"] == "plural"
     assert job["n"] == 4 and job["per_profession"] == gaps
-    assert job["mean"] == pytest.approx(0.8125)
-    assert job["ci"][0] <= job["mean"] <= job["ci"][1] and job["confidence"] == 0.95
-    assert summary["gaps"]["plural"]["ci"] == [0.0, 0.0]
+    assert job["mean_gap"] == pytest.approx(0.8125)
+    assert job["ci_low"] <= job["mean_gap"] <= job["ci_high"] and job["confidence"] == 0.95
+    assert (plural["ci_low"], plural["ci_high"]) == (0.0, 0.0)
     assert summary["stereotype_rate"] == 0.6
     assert summary == suite.summarize([*records, other, refused(bias_spec())])
     for key in ("influence_share_by_class", "top_sources"):
