@@ -30,6 +30,7 @@ from auditor_client.client import AuditorClient
 from auditor_client.errors import CampaignError, CampaignStopped
 from auditor_client.wire import merkle
 from auditor_client.wire._proto import audit_pb2 as pb
+from auditor_client.wire.errors import SignatureError
 from tests.integration.lab_server import REPO, Lab, build_lab, env, policy_text
 
 
@@ -371,3 +372,32 @@ def test_sigkill_then_resume_redoes_nothing(lab: Lab, tmp_path: Path) -> None:
     assert [s["resume"] for s in state["sessions"]] == [False, True]
     assert state["sessions"][0]["status"] == "running"  # killed: never finished
     assert state["sessions"][1]["skipped"] == len(before)
+
+
+class ForgedFake(AttributeFake):
+    """Probe 1's answer 'fails verification' (as if the lab's signature did not check)."""
+
+    name = "toxicity"
+
+    def call(self, spec: ProbeSpec, client: AuditorClient) -> Any:
+        if spec.inputs["i"] == 1:
+            raise SignatureError("lab signature does not verify")
+        return super().call(spec, client)
+
+
+def test_verification_failure_aborts_and_writes_no_success(
+    lab: Lab, tmp_path: Path, reports: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "_default_suites", lambda: {"toxicity": ForgedFake()})
+    path = campaign_file(tmp_path, lab, "reg", "{toxicity: {n: 6}}", concurrency=1)
+    out = tmp_path / "out"
+    result = CliRunnerInvoke(
+        ["run", str(path), "--out", str(out), "--server", lab.address, "--no-progress"]
+    )
+    assert result.exit_code == 4, result.output
+    assert "VERIFICATION FAILED" in result.output
+    files = checkpoints(out)
+    assert len(files) == 1 and all("toxicity_00~" in k for k in files)
+    state = json.loads((out / "campaign.json").read_text())
+    assert state["status"] == "failed" and state["stop"]["reason"] == "verification_failed"
+    assert not (out / "ledger.json").exists() and reports == []

@@ -256,3 +256,24 @@ def test_key_dir_is_not_read_at_load(tmp_path: Path) -> None:
     assert not c.auditor.key_dir.exists()
     generate_keypair(c.auditor.key_dir)
     assert (c.auditor.key_dir / "auditor.key").exists()
+
+
+def test_plan_command_prints_counts_and_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from auditor_client.campaign import runner
+    from auditor_client.campaign.commands import campaign_group
+
+    (tmp_path / "prompts.txt").write_text("a\nb\nc\n")
+    monkeypatch.setattr(runner, "_default_suites", lambda: {"copyright": FileSuite()})
+    path = write(tmp_path, BASE)
+    result = CliRunner().invoke(campaign_group, ["plan", str(path)])
+    assert result.exit_code == 0, result.output
+    expected = plan_campaign(Campaign.from_file(path), suites={"copyright": FileSuite()})
+    assert "copyright: 3 probes" in result.output
+    assert f"campaign hash: {expected.campaign_hash}" in result.output
+    bad = write(tmp_path, BASE.replace("version: 1", "version: 3"), "bad.yaml")
+    result = CliRunner().invoke(campaign_group, ["plan", str(bad)])
+    assert result.exit_code == 2 and "bad.yaml: version" in result.output
