@@ -37,15 +37,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from auditor_client.report.render import render_html, render_markdown
 from google.protobuf.message import DecodeError
 
 from auditor_client.campaign.types import JSON, ProbeRecord, Suite
 from auditor_client.errors import CampaignError
 from auditor_client.keys import KeyFileError, decode_public_key
 from auditor_client.report.errors import ReportVerificationError
+from auditor_client.report.render import render_html, render_markdown
 from auditor_client.report.verify import (
     REPORT_FORMAT,
+    campaign_exchanges,
     default_suites,
     group_by_suite,
     verify_report_data,
@@ -228,7 +229,7 @@ def _policy_hashes(
     Read without verifying (verification comes after and checks this list against what it
     verified); an exchange that does not parse is skipped here and caught there.
     """
-    exchanges: list[Any] = [campaign.get("exchange")]
+    exchanges: list[Any] = [e for _, e, _ in campaign_exchanges(campaign)]
     exchanges += [e.to_json() for r in records for e in r.exchanges]
     if ledger is not None:
         exchanges.append(ledger.get("final_head"))

@@ -77,6 +77,8 @@ def _interval(value: Any) -> str:
 
 
 def _when(ms: Any) -> str:
+    if isinstance(ms, str):
+        return _text(ms)
     if isinstance(ms, bool) or not isinstance(ms, int | float) or ms <= 0:
         return "–"
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -117,11 +119,18 @@ def _source(value: Any) -> str:
 
 
 def _generic_columns(rows: Sequence[Any]) -> tuple[Column, ...]:
+    """Columns for rows whose keys a suite chooses (source-like objects shown as sources)."""
     keys: list[str] = []
     for row in rows:
         if isinstance(row, Mapping):
             keys += [str(k) for k in row if str(k) not in keys]
-    return tuple(Column(k, k.replace("_", " "), _text) for k in keys)
+    return tuple(
+        Column(k, k.replace("_", " "), _source if k.endswith("source") else _cell) for k in keys
+    )
+
+
+def _cell(value: Any) -> str:
+    return _number(value) if isinstance(value, int | float) else _text(value)
 
 
 @dataclass(frozen=True)
@@ -268,11 +277,22 @@ def header_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     policies = [str(p) for p in _list(lab.get("policy_hashes"))]
     if len(policies) > 1:
         rows.append(("POLICY CHANGED mid-campaign", " → ".join(policies)))
-    if campaign.get("stop_reason"):
-        rows.append(("stopped early", _text(campaign.get("stop_reason"))))
+    stop = campaign.get("stop") or campaign.get("stop_reason")
+    if stop:
+        rows.append(("stopped early", _text(stop)))
+    if campaign.get("status") not in (None, "complete"):
+        rows.append(("campaign status", _text(campaign.get("status"))))
     head = _final_head(ledger)
     if head:
         rows.append(("ledger final head", head))
+    refused = _mapping(ledger.get("refused"))
+    if refused:
+        rows.append(
+            (
+                "ledger consistency NOT proven",
+                f"the lab refused tree heads to this role ({_text(refused.get('code'))})",
+            )
+        )
     return rows
 
 
@@ -365,7 +385,7 @@ def render_html(report: Mapping[str, Any], plots: Plots) -> str:
         figures = "".join(f"<span>{_e(k)}: <b>{_e(v)}</b></span>" for k, v in view.figures)
         parts.append(f'<p class="figures">{figures}</p>')
         for name in view.plots:
-            parts.append(f"<figure>{plots.svgs[name]}</figure>")
+            parts.append(f"<figure>{_inline_svg(plots.svgs[name])}</figure>")
         for title, rows, columns in view.tables:
             parts.append(f"<h3>{_e(title)}</h3>")
             parts.append(_html_table(rows, columns))
@@ -373,6 +393,14 @@ def render_html(report: Mapping[str, Any], plots: Plots) -> str:
     parts.append(_html_table(_probe_rows(report), PROBE_COLUMNS))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _inline_svg(svg: str) -> str:
+    """An SVG file's text as inline HTML: the HTML parser supplies the SVG and xlink
+    namespaces itself, so the declarations (URIs, never fetched, but URIs all the same) go,
+    leaving no address in the page except the lab's own escaped strings."""
+    end = svg.index(">") + 1
+    return re.sub(r'\s+xmlns(?::xlink)?="[^"]*"', "", svg[:end]) + svg[end:]
 
 
 PROBE_COLUMNS = (

@@ -84,6 +84,10 @@ class VerifySummary:
         newer_tree_size: size of the newer head checked, when one was given.
         policy_hashes: every policy hash the answers carried, first seen first.
         seconds: wall time the verification took.
+        ledger_refused: the status the lab refused tree heads with (then the receipts'
+            heads could not be proven consistent with each other), or None.
+        unproven_heads: receipt tree heads not proven consistent (only with
+            ``ledger_refused``).
     """
 
     answers: int
@@ -94,6 +98,8 @@ class VerifySummary:
     newer_tree_size: int | None
     policy_hashes: tuple[str, ...]
     seconds: float
+    ledger_refused: str | None = None
+    unproven_heads: int = 0
 
     def line(self) -> str:
         """One human line: what was verified and how long it took."""
@@ -107,11 +113,20 @@ class VerifySummary:
             if self.newer_tree_size is not None
             else ""
         )
+        if self.ledger_refused is None:
+            ledger = (
+                f"{self.heads} tree heads consistent with the final head of size "
+                f"{self.final_tree_size}{newer}"
+            )
+        else:
+            ledger = (
+                f"{self.heads} signed tree heads; WARNING: the lab refused tree heads "
+                f"({self.ledger_refused}), so {self.unproven_heads} receipt heads are not "
+                "proven consistent with each other"
+            )
         return (
             f"report verified: {self.answers} answers, {self.probes} probes "
-            f"({self.refused_probes} refused), {self.heads} tree heads consistent with the "
-            f"final head of size {self.final_tree_size}{newer}; {policies}; "
-            f"{self.seconds:.3f} s"
+            f"({self.refused_probes} refused), {ledger}; {policies}; {self.seconds:.3f} s"
         )
 
     def to_json(self) -> JSON:
@@ -126,6 +141,8 @@ class VerifySummary:
             "newer_tree_size": self.newer_tree_size,
             "policy_hashes": list(self.policy_hashes),
             "seconds": self.seconds,
+            "ledger_refused": self.ledger_refused,
+            "unproven_heads": self.unproven_heads,
         }
 
 
@@ -211,6 +228,8 @@ def verify_report_data(
         newer_tree_size=verifier.newer_size,
         policy_hashes=tuple(verifier.policy_hashes),
         seconds=time.perf_counter() - started,
+        ledger_refused=verifier.ledger_refused,
+        unproven_heads=verifier.unproven_heads,
     )
 
 
@@ -240,6 +259,8 @@ class _Verifier:
     _receipt_roots: dict[int, tuple[bytes, str]] = field(default_factory=dict)
     _leaves: dict[int, str] = field(default_factory=dict)
     _batch_items: dict[bytes, int] = field(default_factory=dict)
+    unproven_heads: int = 0
+    ledger_refused: str | None = None
 
     def run(self, newer_head: Mapping[str, Any] | None) -> None:
         if self.report.get("format") != REPORT_FORMAT:
@@ -291,19 +312,38 @@ class _Verifier:
         self.auditor_key_id = digests.key_id(self.auditor_key)
 
     def _campaign_exchange(self) -> None:
+        """The check-in exchanges: the campaign's first, and one per resumed session.
+
+        Each session's ``lab`` block (snapshot, policy, model) is display data copied from
+        its exchange; it must say what the signed body says.
+        """
         campaign = _mapping(self.report["campaign"], "campaign")
-        answer = self._exchange(
-            "campaign.exchange",
-            campaign.get("exchange"),
-            methods=CAMPAIGN_METHODS,
-            consistent=True,
-        )
-        if answer.body.policy_hash != self.lab["policy_hash"]:
+        found = campaign_exchanges(campaign)
+        if not found:
             raise ReportVerificationError(
-                "campaign.exchange",
-                f"policy hash {answer.body.policy_hash!r} at the campaign's start differs "
-                f"from lab.policy_hash {self.lab['policy_hash']!r}",
+                "campaign.lab.exchange", "missing: the campaign's first signed exchange"
             )
+        verified: dict[str, _Answer] = {}
+        for k, (entry, exchange, lab_block) in enumerate(found):
+            key = json.dumps(exchange, sort_keys=True)
+            answer = verified.get(key)  # the first session's check-in is also the campaign's
+            if answer is None:
+                answer = self._exchange(entry, exchange, methods=CAMPAIGN_METHODS, consistent=True)
+                verified[key] = answer
+            if k == 0 and answer.body.policy_hash != self.lab["policy_hash"]:
+                raise ReportVerificationError(
+                    entry,
+                    f"policy hash {answer.body.policy_hash!r} at the campaign's start differs "
+                    f"from lab.policy_hash {self.lab['policy_hash']!r}",
+                )
+            for field_name in ("snapshot_id", "policy_hash", "model_hash"):
+                shown = lab_block.get(field_name)
+                if shown is not None and shown != getattr(answer.body, field_name):
+                    raise ReportVerificationError(
+                        entry.removesuffix(".exchange") + f".{field_name}",
+                        f"says {shown!r} but its signed answer says "
+                        f"{getattr(answer.body, field_name)!r}",
+                    )
 
     # --- probes -----------------------------------------------------------------------------
 
@@ -394,8 +434,23 @@ class _Verifier:
 
     # --- ledger -----------------------------------------------------------------------------
 
-    def _ledger(self) -> bytes:
+    def _ledger(self) -> bytes | None:
+        """The final head, the consistency proofs, and that they cover every receipt.
+
+        Returns:
+            The final head's root, or None when the lab's policy refused the auditor's role
+            tree heads (the runner records that refusal instead of a head): then every
+            receipt is still checked on its own, but heads of different sizes cannot be
+            proven consistent, and the summary says so.
+        """
         ledger = _mapping(self.report.get("ledger"), "ledger")
+        if ledger.get("final_head") is None and isinstance(ledger.get("refused"), Mapping):
+            self._check_policies()
+            sizes = sorted(self._receipt_roots)
+            self.final_size = sizes[-1] if sizes else 0
+            self.unproven_heads = max(len(sizes) - 1, 0)
+            self.ledger_refused = str(ledger["refused"].get("code", "refused"))
+            return None
         answer = self._exchange(
             "ledger.final_head", ledger.get("final_head"), methods=frozenset({"GetTreeHead"})
         )
@@ -404,6 +459,12 @@ class _Verifier:
         head = answer.body.tree_head.tree_head
         self._head("ledger.final_head", head)
         self.final_size, final_root = head.tree_size, head.root_hash
+        for key, value in (("final_size", self.final_size), ("final_root", final_root.hex())):
+            if key in ledger and ledger[key] != value:
+                raise ReportVerificationError(
+                    f"ledger.{key}",
+                    f"says {ledger[key]!r} but the signed final head says {value!r}",
+                )
         proofs = ledger.get("consistency")
         if not isinstance(proofs, list):
             raise ReportVerificationError("ledger.consistency", "missing or not a list")
@@ -459,8 +520,12 @@ class _Verifier:
                 f"{sorted(self.policy_hashes)}",
             )
 
-    def _newer_head(self, newer: Mapping[str, Any], final_root: bytes) -> None:
+    def _newer_head(self, newer: Mapping[str, Any], final_root: bytes | None) -> None:
         entry = "newer_head"
+        if final_root is None:
+            raise ReportVerificationError(
+                entry, "the report has no final head (the lab refused it) for it to extend"
+            )
         if newer.get("format", NEWER_HEAD_FORMAT) != NEWER_HEAD_FORMAT:
             raise ReportVerificationError(
                 entry, f"format is {newer.get('format')!r}, expected {NEWER_HEAD_FORMAT!r}"
@@ -624,6 +689,29 @@ class _Verifier:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def campaign_exchanges(
+    campaign: Mapping[str, Any],
+) -> list[tuple[str, Any, Mapping[str, Any]]]:
+    """The campaign's check-in exchanges: (entry name, exchange, its ``lab`` block).
+
+    The runner stores the first under ``campaign.lab.exchange`` and one per session (a
+    resumed run checks in again) under ``campaign.sessions[i].lab.exchange``; a top-level
+    ``campaign.exchange`` is accepted too.
+    """
+    out: list[tuple[str, Any, Mapping[str, Any]]] = []
+    lab = campaign.get("lab")
+    if isinstance(lab, Mapping) and lab.get("exchange") is not None:
+        out.append(("campaign.lab.exchange", lab["exchange"], lab))
+    if campaign.get("exchange") is not None:
+        out.append(("campaign.exchange", campaign["exchange"], {}))
+    sessions = campaign.get("sessions")
+    for i, session in enumerate(sessions if isinstance(sessions, list) else ()):
+        block = session.get("lab") if isinstance(session, Mapping) else None
+        if isinstance(block, Mapping) and block.get("exchange") is not None:
+            out.append((f"campaign.sessions[{i}].lab.exchange", block["exchange"], block))
+    return out
 
 
 def group_by_suite(records: Sequence[ProbeRecord]) -> dict[str, list[ProbeRecord]]:

@@ -1,0 +1,224 @@
+"""``auditor verify``, ``auditor report`` and ``auditor head``: the report's command line.
+
+The lead registers these on the ``auditor`` group in :mod:`auditor_client.cli`, whose error
+handler turns a :class:`~auditor_client.wire.errors.WireVerificationError` (and so a
+:class:`~auditor_client.report.errors.ReportVerificationError`) into one stderr line and
+exit 4, bad local input into exit 2, and a refusal by the lab into exit 3. ``verify`` also
+exits 4 itself (after printing the failing entry), so it behaves the same when invoked on
+its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from auditor_client.campaign.types import Exchange
+from auditor_client.client import AuditorClient, TLSConfig
+from auditor_client.keys import KeyFileError
+from auditor_client.report.build import write_json_atomic, write_report
+from auditor_client.report.errors import ReportVerificationError
+from auditor_client.report.verify import (
+    NEWER_HEAD_FORMAT,
+    load_json,
+    verify_report,
+    verify_report_data,
+)
+from auditor_client.wire._proto import audit_pb2 as pb
+
+EXIT_UNVERIFIED = 4
+"""Exit status for a report that does not verify (as ``auditor`` uses for any answer)."""
+
+
+def read_lab_key(value: str) -> str:
+    """``ed25519:<base64>`` given directly, or read from a file that holds it.
+
+    Raises:
+        KeyFileError: neither a key nor a readable file.
+    """
+    if value.startswith("ed25519:"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise KeyFileError(f"--lab-key is neither ed25519:<base64> nor a readable file: {value}")
+    return path.read_text(encoding="ascii").strip()
+
+
+@click.command("verify")
+@click.argument("report", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--lab-key",
+    required=True,
+    help="The lab's public key, ed25519:<base64>, or a file holding it (obtained out of band).",
+)
+@click.option(
+    "--newer-head",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file from `auditor head`: check the lab's current log still extends the report's.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify_command(report: Path, lab_key: str, newer_head: Path | None, as_json: bool) -> None:
+    """Re-verify REPORT offline: every signature, receipt, proof and finding.
+
+    Exit 0 with a summary line when everything checks; exit 4 naming the first bad entry.
+    """
+    try:
+        summary = verify_report(report, lab_public_key=read_lab_key(lab_key), newer_head=newer_head)
+    except ReportVerificationError as exc:
+        if as_json:
+            click.echo(json.dumps({"verified": False, "entry": exc.entry, "error": exc.detail}))
+        click.echo(f"VERIFICATION FAILED: {exc}", err=True)
+        sys.exit(EXIT_UNVERIFIED)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+    else:
+        click.echo(summary.line())
+
+
+@click.command("report")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--lab-key",
+    help="Verify against this lab key while building (default: the key the campaign used).",
+)
+def report_command(out_dir: Path, lab_key: str | None) -> None:
+    """Rebuild OUT_DIR/report.json, index.html and report.md from a campaign directory.
+
+    Exit 4 when the build-time verification fails (the files are still written, marked as
+    failed, so the evidence can be examined).
+    """
+    key = read_lab_key(lab_key) if lab_key else _campaign_lab_key(out_dir)
+    path = write_report(out_dir, lab_public_key=key)
+    check = load_json(path, what="report").get("verification") or {}
+    click.echo(f"wrote {path}, {out_dir / 'index.html'}, {out_dir / 'report.md'}")
+    if check.get("status") == "failed":
+        click.echo(f"VERIFICATION FAILED: {check.get('error')}", err=True)
+        sys.exit(EXIT_UNVERIFIED)
+    if check.get("status") == "verified":
+        click.echo(f"verified: {check.get('answers')} answers at build time")
+    else:
+        click.echo(f"not verified at build time: {check.get('reason')}")
+
+
+def _campaign_lab_key(out_dir: Path) -> str | None:
+    """The lab key named by the campaign file the run used, when it can still be read."""
+    campaign = load_json(out_dir / "campaign.json", what="campaign")
+    source = campaign.get("campaign_file")
+    if not isinstance(source, str):
+        return None
+    try:
+        from auditor_client.campaign.model import Campaign
+
+        key: str = Campaign.from_file(Path(source)).lab_public_key()
+    except Exception:  # the campaign file moved or changed; build unverified
+        return None
+    return key
+
+
+@click.command("head")
+@click.option("--server", required=True, help="host:port of the lab's audit service.")
+@click.option(
+    "--key",
+    "key_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory holding auditor.key: the key of the report's auditor.",
+)
+@click.option("--lab-key", required=True, help="The lab's public key, ed25519:<base64>, or a file.")
+@click.option("--auditor-id", help="Registered auditor id (default: DIR/auditor.id).")
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA certificate that signed the server's certificate.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Client certificate (mutual TLS).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Client certificate's key (mutual TLS).",
+)
+@click.option("--insecure", is_flag=True, help="Plaintext (local tests only).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
+@click.option(
+    "--report",
+    "report_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The report whose final ledger head the lab's current head must extend.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to save the proof, for `auditor verify --newer-head`.",
+)
+def head_command(
+    report_path: Path,
+    out: Path,
+    server: str,
+    key_dir: Path,
+    lab_key: str,
+    auditor_id: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
+    timeout: float,
+) -> None:
+    """Fetch and verify a proof that the lab's log still extends the report's final head.
+
+    The proof (a signed GetConsistencyProof exchange from the report's final tree size to
+    the lab's current one) is verified here, together with the whole report, before it is
+    saved; ``auditor verify --newer-head`` checks it again offline.
+    """
+    report = load_json(report_path, what="report")
+    final_size = _final_size(report)
+    lab_key = read_lab_key(lab_key)
+    tls = None if insecure else TLSConfig(ca=tls_ca, cert=tls_cert, key=tls_key)
+    with AuditorClient.connect(
+        server,
+        key_dir=key_dir,
+        lab_public_key=lab_key,
+        auditor_id=auditor_id,
+        tls=tls,
+        insecure=insecure,
+        timeout_s=timeout,
+    ) as client:
+        if client.keypair.public_text != report.get("auditor", {}).get("public_key"):
+            raise click.UsageError(
+                "--key is not the key of the report's auditor; the proof must be signed "
+                "for the same auditor so a regulator can check it with the report"
+            )
+        verified = client.consistency_proof(final_size)
+    newer = {
+        "format": NEWER_HEAD_FORMAT,
+        "from_size": final_size,
+        "exchange": Exchange.of(verified).to_json(),
+    }
+    summary = verify_report_data(report, lab_public_key=lab_key, newer_head=newer)
+    write_json_atomic(out, newer)
+    click.echo(
+        f"wrote {out}: the lab's head of size {summary.newer_tree_size} is consistent with "
+        f"the report's final head of size {final_size}"
+    )
+
+
+def _final_size(report: dict[str, Any]) -> int:
+    """The final head's size, read from its (later verified) exchange."""
+    try:
+        exchange = Exchange.from_json(report["ledger"]["final_head"])
+        body = pb.ResponseBody.FromString(exchange.signed_response().body)
+    except Exception as exc:
+        raise ReportVerificationError(
+            "ledger.final_head", "missing or unreadable: no head to extend"
+        ) from exc
+    size: int = body.tree_head.tree_head.tree_size
+    return size
