@@ -720,13 +720,12 @@ def _as_stop(exc: BaseException) -> BaseException:
 
 
 def _write_report(out_dir: Path, campaign: Campaign, registry: SuiteRegistry) -> bool:
-    """Build the report from ``out_dir`` (verified against the lab key the run used)."""
-    try:
-        from auditor_client.report.build import write_report
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("auditor_client.report"):
-            raise
-        log.info("no report writer (auditor_client.report) available; skipping the report")
-        return False
+    """Build the report from ``out_dir``, verified against the lab key the run used.
+
+    Imported here, not at module level, so planning and the CLI's start-up do not load the
+    report's rendering code.
+    """
+    from auditor_client.report.build import write_report
+
     write_report(out_dir, lab_public_key=campaign.lab_public_key(), suites=registry)
     return True
