@@ -223,5 +223,19 @@ def _print_provenance(verified: Verified) -> None:
     )
 
 
+def _register_subcommands() -> None:
+    """Commands whose code lives with the package it drives."""
+    from auditor_client.campaign.commands import campaign_group
+    from auditor_client.report.commands import head_command, report_command, verify_command
+
+    main.add_command(campaign_group)
+    main.add_command(verify_command)
+    main.add_command(report_command)
+    main.add_command(head_command)
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
