@@ -1,0 +1,181 @@
+"""Building and rendering a report: its format, a page that loads nothing, escaped lab text."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from auditor_client.report import commands
+from auditor_client.report.build import write_report
+from auditor_client.report.plots import Plots
+from auditor_client.report.render import render_html, render_markdown
+from tests.unit.report.fake_lab import EVIL_TITLE, Campaign, make_campaign, newer_head
+
+LOADS = re.compile(r"<\s*(script|link|img|iframe|object|embed|image|use\s[^>]*href=\"http)", re.I)
+
+
+@pytest.fixture(scope="module")
+def evil(tmp_path_factory: pytest.TempPathFactory) -> Campaign:
+    campaign = make_campaign(
+        tmp_path_factory.mktemp("evil") / "out",
+        evil_title=True,
+        bias_refused=True,
+        policy_change=True,
+    )
+    write_report(campaign.out, lab_public_key=campaign.lab.lab_public, suites=campaign.suites)
+    return campaign
+
+
+def test_report_json_format(evil: Campaign) -> None:
+    report = json.loads(evil.report.read_text(encoding="utf-8"))
+    assert report["format"] == "auditor-sandbox-report/v1"
+    assert set(report) >= {
+        "campaign",
+        "lab",
+        "auditor",
+        "probes",
+        "findings",
+        "ledger",
+        "verification",
+        "generated_ms",
+    }
+    keys = [(p["suite"], p["probe_id"]) for p in report["probes"]]
+    assert keys == sorted(keys)
+    assert set(report["findings"]) == {"copyright", "bias", "toxicity"}
+    assert report["lab"]["policy_hashes"][0] == report["lab"]["policy_hash"]
+    assert report["verification"]["status"] == "verified"
+    assert not list(evil.out.glob(".*.tmp"))
+
+
+def test_html_is_self_contained_and_escapes_lab_text(evil: Campaign) -> None:
+    page = (evil.out / "index.html").read_text(encoding="utf-8")
+    assert not LOADS.search(page), LOADS.search(page)
+    assert "@import" not in page
+    assert not re.search(r"url\(\s*['\"]?(?!#)", page), "only in-page url(#id) references"
+    assert not re.search(r"(src|href)\s*=\s*[\"']?https?:", page, re.I)
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;" in page
+    assert "Fake &lt;b&gt;campaign&lt;/b&gt;" in page
+    assert page.count("<svg") >= 3
+    assert "verified at build time" in page
+    assert "not permitted by the lab&#x27;s policy" in page
+    assert "POLICY CHANGED mid-campaign" in page
+
+
+def test_markdown_tables_link_plots_and_escape(evil: Campaign) -> None:
+    md = (evil.out / "report.md").read_text(encoding="utf-8")
+    assert "<script" not in md and "<img" not in md
+    assert "](plots/copyright-sources.svg)" in md
+    for link in re.findall(r"\]\((plots/[^)]+)\)", md):
+        assert (evil.out / link).is_file()
+    assert "| reference title |" in md
+    assert "not permitted by the lab's policy" in md
+    svg = (evil.out / "plots" / "copyright-sources.svg").read_text(encoding="utf-8")
+    assert "<script" not in svg and "&lt;script&gt;" in svg
+
+
+def test_renderers_survive_missing_and_odd_summaries() -> None:
+    report = {
+        "campaign": {"name": "n", "specs": {"copyright": 2, "toxicity": 1}},
+        "findings": {
+            "copyright": {"probes": 2, "refused": 0, "flagged_items": [{"lcs_chars": None}]},
+            "toxicity": {"probes": "?", "toxicity_rate": float("nan"), "rate_ci": "x"},
+            "bias": {"probes": 1, "gaps": [{"template": "t"}]},
+        },
+        "probes": [],
+    }
+    html_page = render_html(report, Plots())
+    md = render_markdown(report, Plots(), "plots")
+    assert "copyright" in html_page and "toxicity" in md
+    empty = render_html({"campaign": {"specs": {"bias": 3}}}, Plots(note="no charts"))
+    assert "no probes of this suite ran" in empty and "no charts" in empty
+
+
+def test_report_can_be_built_without_a_lab_key(tmp_path: Path) -> None:
+    campaign = make_campaign(tmp_path / "out", bias_probes=1, toxicity_probes=1, batch=False)
+    write_report(campaign.out, suites=campaign.suites)
+    report = json.loads(campaign.report.read_text(encoding="utf-8"))
+    assert report["verification"]["status"] == "not_checked"
+    assert "Not verified at build time" in (campaign.out / "index.html").read_text("utf-8")
+
+
+def test_a_bad_campaign_dir_builds_a_report_marked_failed(tmp_path: Path) -> None:
+    campaign = make_campaign(tmp_path / "out", bias_probes=1, toxicity_probes=1, batch=False)
+    probe = campaign.out / "probes" / "toxicity" / "tox-00.json"
+    record = json.loads(probe.read_text(encoding="utf-8"))
+    record["findings"]["toxic"] = not record["findings"]["toxic"]
+    probe.write_text(json.dumps(record), encoding="utf-8")
+    write_report(campaign.out, lab_public_key=campaign.lab.lab_public, suites=campaign.suites)
+    report = json.loads(campaign.report.read_text(encoding="utf-8"))
+    assert report["verification"]["status"] == "failed"
+    assert "probes[" in report["verification"]["error"]
+    assert "VERIFICATION FAILED" in (campaign.out / "index.html").read_text("utf-8")
+
+
+def test_verify_command_exit_codes(
+    evil: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("auditor_client.report.verify.default_suites", lambda: evil.suites)
+    key_file = tmp_path / "lab.pub"
+    key_file.write_text(evil.lab.lab_public + "\n", encoding="ascii")
+    runner = CliRunner()
+    ok = runner.invoke(commands.verify_command, [str(evil.report), "--lab-key", str(key_file)])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.startswith("report verified:")
+    as_json = runner.invoke(
+        commands.verify_command, [str(evil.report), "--lab-key", evil.lab.lab_public, "--json"]
+    )
+    assert json.loads(as_json.output)["verified"] is True
+
+    report = json.loads(evil.report.read_text(encoding="utf-8"))
+    report["findings"]["toxicity"]["toxic"] += 1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(report), encoding="utf-8")
+    failed = runner.invoke(commands.verify_command, [str(bad), "--lab-key", evil.lab.lab_public])
+    assert failed.exit_code == 4
+    assert "findings.toxicity.toxic:" in failed.output
+
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps(newer_head(evil)), encoding="utf-8")
+    extended = runner.invoke(
+        commands.verify_command,
+        [str(evil.report), "--lab-key", evil.lab.lab_public, "--newer-head", str(newer)],
+    )
+    assert extended.exit_code == 0, extended.output
+    assert "newer head" in extended.output
+
+
+def test_report_command_rebuilds(evil: Campaign, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("auditor_client.report.build.default_suites", lambda: evil.suites)
+    (evil.out / "index.html").unlink()
+    result = CliRunner().invoke(
+        commands.report_command, [str(evil.out), "--lab-key", evil.lab.lab_public]
+    )
+    assert result.exit_code == 0, result.output
+    assert "verified: " in result.output
+    assert (evil.out / "index.html").is_file()
+
+
+def test_report_modules_import_no_plotting_stack() -> None:
+    code = (
+        "import sys\n"
+        "import auditor_client.report.commands, auditor_client.report.build\n"
+        "import auditor_client.report.verify, auditor_client.report.render\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'numpy', 'torch')]\n"
+        "print(','.join(sorted(heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_evil_title_round_trips_into_the_report(evil: Campaign) -> None:
+    report = json.loads(evil.report.read_text(encoding="utf-8"))
+    titles = [s["title"] for s in report["findings"]["copyright"]["top_sources"]]
+    titles += [s["title"] for p in report["probes"] for s in p["findings"].get("sources", [])]
+    assert EVIL_TITLE in titles
