@@ -59,6 +59,9 @@ def render_plots(report: Mapping[str, Any]) -> Plots:
     for suite, summary in sorted((findings or {}).items()):
         if not isinstance(summary, Mapping):
             continue
+        probes, refused = summary.get("probes"), summary.get("refused")
+        if isinstance(probes, int) and isinstance(refused, int) and refused >= probes:
+            continue  # nothing answered: the section says so instead of drawing zeros
         shares = summary.get("influence_share_by_class")
         if isinstance(shares, Mapping) and shares:
             _add(svgs, plot_name(suite, "influence"), _influence, suite, shares)
