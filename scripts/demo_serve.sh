@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Stand up the lab's signed audit service over OUT/index (TLS, the shipped default policy),
 # register a regulator and a third-party auditor, let each ask who it is and one attribution
-# question (every answer verified by the client), verify the ledger, stop the server.
+# question, run the demo audit campaign (campaigns/demo/) as each of them, stop the server,
+# then verify the lab's ledger and re-verify both reports offline with the lab's public key.
 # Usage: scripts/demo_serve.sh OUT_DIR   (after scripts/demo.sh has built OUT_DIR/index)
+# DEMO_PORT (default 50551, the port the shipped campaign files name) moves the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: scripts/demo_serve.sh OUT_DIR}
@@ -27,7 +29,7 @@ LAB_KEY=$(cat "$LAB/lab-key/lab.pub")
 sed 's|^auditor_registry: .*|auditor_registry: auditors.yaml|' policy/default.yaml > "$LAB/policy.yaml"
 
 $S serve --index "$OUT/index" --policy "$LAB/policy.yaml" --lab-key "$LAB/lab-key" \
-  --state "$LAB/state" --host 127.0.0.1 --port 0 \
+  --state "$LAB/state" --host 127.0.0.1 --port "${DEMO_PORT:-50551}" \
   --tls-cert "$LAB/certs/server.pem" --tls-key "$LAB/certs/server.key" \
   > "$LAB/server.out" 2> "$LAB/server.log" &
 pid=$!
@@ -56,7 +58,20 @@ for who in regulator third_party; do
   $A attribute "${conn[@]}" --prompt "$prompt" --completion "$completion" --top-k 5
 done
 
+for who in regulator third_party; do
+  echo "-- campaign as demo-$who"
+  rm -rf "$OUT/reports/$who"
+  $A campaign run "campaigns/demo/$who.yaml" --out "$OUT/reports/$who" \
+    --server "localhost:$port" --lab-key "$LAB_KEY" --key "$OUT/auditors/$who" \
+    --tls-ca "$LAB/certs/ca.pem"
+done
+
 kill -TERM $pid
 wait $pid || true
 trap - EXIT
+echo "-- offline checks (the server is stopped)"
 $S ledger verify --db "$LAB/state/ledger.db" --lab-key "$LAB_KEY"
+for who in regulator third_party; do
+  $A verify "$OUT/reports/$who/report.json" --lab-key "$LAB_KEY"
+done
+echo "reports: $OUT/reports/regulator/index.html  $OUT/reports/third_party/index.html"

@@ -6,9 +6,12 @@ For one verified ``AttributeResponse``:
   over the total positive score (all zeros when nothing scored positive). Negative scores are
   records that argue *against* the completion; counting them would let a class's share go
   negative or over 1, which no plot can show honestly.
-* sources: results grouped by ``(title, publisher, url, license, data_class)`` with their
-  count and share of the positive score mass. For proprietary data this metadata is all the
-  lab discloses, and all this module ever copies.
+* sources: results grouped by work, ``(title, publisher, license, data_class)``, with their
+  count, share of the positive score mass and the distinct ``urls`` they were found at (``url``
+  is the first of them). A lab may hold one work many times over (reprints, syndicated
+  copies, each at its own address); grouping by address would split the work's influence
+  into slivers and hide the very source an auditor is looking for. For proprietary data this
+  metadata is all the lab discloses, and all this module ever copies.
 
 Public results may be quoted as evidence (record id and matched span); a proprietary
 result's ``record_id``/``text``/``span_text`` is never read, even if a misbehaving lab sent
@@ -28,6 +31,9 @@ KNOWN_CLASSES: tuple[str, ...] = ("public", "proprietary")
 """Classes always present in shares (at 0.0 when absent), so plots have fixed columns."""
 
 SOURCE_FIELDS: tuple[str, ...] = ("title", "publisher", "url", "license", "data_class")
+"""Metadata fields of a source row (``url``: the first of ``urls``)."""
+GROUP_FIELDS: tuple[str, ...] = ("title", "publisher", "license", "data_class")
+"""What identifies a work: results of one work found at several addresses are one source."""
 TOP_SOURCES = 10
 EVIDENCE_LIMIT = 5
 EVIDENCE_CHARS = 240
@@ -52,25 +58,38 @@ def influence_share_by_class(response: pb.AttributeResponse) -> dict[str, float]
 
 
 def sources(response: pb.AttributeResponse) -> list[JSON]:
-    """Results grouped by source metadata, with count and share, largest share first."""
+    """Results grouped by work, with count, share and addresses, largest share first."""
     groups: dict[tuple[str, ...], list[float]] = {}
+    urls: dict[tuple[str, ...], set[str]] = {}
     for result in response.results:
         key = (
             result.source.title,
             result.source.publisher,
-            result.source.url,
             result.source.license,
             result.data_class,
         )
         groups.setdefault(key, []).append(_positive(result.score))
+        urls.setdefault(key, set()).add(result.source.url)
     total = sum(sum(scores) for scores in groups.values())
     rows: list[JSON] = []
     for group_key, scores in groups.items():
-        row: JSON = dict(zip(SOURCE_FIELDS, group_key, strict=True))
+        row = _source_row(dict(zip(GROUP_FIELDS, group_key, strict=True)), urls[group_key])
         row["count"] = len(scores)
         row["share"] = round(sum(scores) / total, DIGITS) if total > 0.0 else 0.0
         rows.append(row)
     return sort_sources(rows)
+
+
+def _source_row(fields: Mapping[str, Any], urls: Iterable[str]) -> JSON:
+    ordered = sorted({u for u in urls if u})
+    return {
+        "title": fields["title"],
+        "publisher": fields["publisher"],
+        "url": ordered[0] if ordered else "",
+        "urls": ordered,
+        "license": fields["license"],
+        "data_class": fields["data_class"],
+    }
 
 
 def sort_sources(rows: Iterable[JSON]) -> list[JSON]:
@@ -144,10 +163,10 @@ def summarize_influence(attributions: Sequence[Mapping[str, Any]]) -> tuple[JSON
     totals: dict[tuple[str, ...], JSON] = {}
     for attribution in attributions:
         for row in attribution["sources"]:
-            key = tuple(str(row[f]) for f in SOURCE_FIELDS)
-            entry = totals.setdefault(
-                key, {**{f: row[f] for f in SOURCE_FIELDS}, "count": 0, "share": 0.0}
-            )
+            key = tuple(str(row[f]) for f in GROUP_FIELDS)
+            entry = totals.setdefault(key, {**_source_row(row, ()), "count": 0, "share": 0.0})
+            entry["urls"] = sorted({*entry["urls"], *row.get("urls", [row["url"]])} - {""})
+            entry["url"] = entry["urls"][0] if entry["urls"] else ""
             entry["count"] += int(row["count"])
             entry["share"] += float(row["share"])
     n = len(attributions)

@@ -249,7 +249,39 @@ def test_influence_shares_ignore_negative_scores() -> None:
         ("Rustpit Forums", 1, round(1 / 6, 6)),
         ("Austen", 1, 0.0),
     ]
-    assert set(rows[0]) == {"title", "publisher", "url", "license", "data_class", "count", "share"}
+    assert set(rows[0]) == {
+        "title",
+        "publisher",
+        "url",
+        "urls",
+        "license",
+        "data_class",
+        "count",
+        "share",
+    }
+    assert rows[0]["url"] == rows[0]["urls"][0]
+
+
+def test_sources_group_one_work_found_at_several_addresses() -> None:
+    """Reprints of one work at different URLs are one source, not slivers of it."""
+    source = {"title": "Salt and Cinder", "publisher": "Halcyon House", "license": "Proprietary"}
+    response = pb.AttributeResponse(
+        results=[
+            pb.AttributionResult(
+                rank=i + 1,
+                score=0.5 - 0.1 * i,
+                data_class="proprietary",
+                disclosure="source_metadata",
+                source=pb.Source(url=f"https://halcyon.example/books/salt/{i}", **source),
+            )
+            for i in range(3)
+        ]
+    )
+    (row,) = influence.sources(response)
+    assert row["count"] == 3 and row["share"] == 1.0
+    assert row["urls"] == [f"https://halcyon.example/books/salt/{i}" for i in range(3)]
+    _, top = influence.summarize_influence([influence.attribution_findings(response)] * 2)
+    assert len(top) == 1 and top[0]["count"] == 6 and top[0]["share"] == 1.0
 
 
 def test_influence_of_no_positive_score_is_all_zero() -> None:
