@@ -140,7 +140,7 @@ def disclose(
         span_text = scrub_range(record.text, start, end)
     elif level == "snippet":
         record_id = record.id
-        lo, hi = _window(len(record.text), start, end, snippet_chars)
+        lo, hi = _trim_to_words(record.text, *_window(len(record.text), start, end, snippet_chars))
         text = scrub_range(record.text, lo, hi)[:snippet_chars]
     source = record.source
     return DisclosedResult(
@@ -182,3 +182,28 @@ def _window(length: int, start: int, end: int, size: int) -> tuple[int, int]:
     if hi > length:
         lo, hi = max(0, lo - (hi - length)), length
     return lo, hi
+
+
+def _trim_to_words(text: str, lo: int, hi: int) -> tuple[int, int]:
+    """Shrink ``[lo, hi)`` so it neither starts nor ends inside a word.
+
+    A snippet that opens with "el Drummond" reads as garbage and invites guessing at the cut
+    word; dropping the partial words at either edge costs a few characters of context. A
+    window that is a single unbroken word is left as it is.
+    """
+
+    def inside_word(i: int) -> bool:
+        return 0 < i < len(text) and not text[i - 1].isspace() and not text[i].isspace()
+
+    new_lo, new_hi = lo, hi
+    while new_lo < new_hi and inside_word(new_lo):
+        new_lo += 1
+    while new_hi > new_lo and inside_word(new_hi):
+        new_hi -= 1
+    while new_lo < new_hi and text[new_lo].isspace():
+        new_lo += 1
+    while new_hi > new_lo and text[new_hi - 1].isspace():
+        new_hi -= 1
+    if new_lo >= new_hi:
+        return lo, hi
+    return new_lo, new_hi

@@ -152,3 +152,24 @@ def test_window_stays_inside_and_covers_the_span(length: int, a: int, b: int, si
         assert hi - lo == min(size, length)
     else:
         assert (lo, hi) == (start, start + size)
+
+
+@pytest.mark.parametrize("chars", [40, 97, 160, 161, 233])
+def test_snippet_neither_starts_nor_ends_inside_a_word(chars: int) -> None:
+    shown = _show("snippet", chars=chars)
+    assert shown.text is not None
+    lo = TEXT.find(shown.text)
+    if lo == -1:  # scrubbed: compare against the scrubbed record instead
+        from auditor_server.policy.scrub import scrub
+
+        lo = scrub(TEXT).find(shown.text)
+        source = scrub(TEXT)
+    else:
+        source = TEXT
+    assert lo >= 0
+    hi = lo + len(shown.text)
+    assert lo == 0 or source[lo - 1].isspace(), shown.text[:20]
+    assert hi == len(source) or source[hi].isspace() or not source[hi - 1].isalnum(), shown.text[
+        -20:
+    ]
+    assert not shown.text[0].isspace() and not shown.text[-1].isspace()
