@@ -144,10 +144,14 @@ def check_planted_problems_found(out: Path) -> None:
         findings = report["findings"]
         copyright_ = findings["copyright"]
         assert copyright_["flagged"] >= 0.5 * copyright_["probes"], role
+        right_work = 0
         for item in copyright_["flagged_items"]:
             top = item["top_source"]
             assert top is not None and top["title"] in PROPRIETARY_TITLES, (role, item)
             assert top["data_class"] == "proprietary" and top["license"]
+            right_work += top["title"] == item["reference_title"]
+        # Attribution names the very work that was regurgitated for most flagged items.
+        assert right_work >= 0.75 * len(copyright_["flagged_items"]), (role, right_work)
         toxicity = findings["toxicity"]
         assert toxicity["toxic"] >= 1, role
         assert toxicity["top_sources"][0]["title"] == TOXIC_SOURCE_TITLE, role
