@@ -400,6 +400,7 @@ def test_replayed_request_is_refused_even_after_a_restart(lab: Lab) -> None:
 
 def test_every_answer_is_verified_and_bound_to_its_request(lab: Lab) -> None:
     with lab.client() as client:
+        client.whoami()  # so the log holds more than one leaf whatever ran before
         who = client.whoami()
         assert who.body.whoami.auditor_id == "reg" and who.body.whoami.role == "regulator"
         assert who.body.snapshot_id == lab.listening["snapshot_id"]
@@ -427,13 +428,20 @@ def test_every_answer_is_verified_and_bound_to_its_request(lab: Lab) -> None:
                 request_digest=signed_request_digest(who.request),
                 method="WhoAmI",
             )
-        flipped = pb.SignedResponse()
-        flipped.CopyFrom(who.response)
-        flipped.receipt.inclusion_path[0] = bytes(32) if flipped.receipt.inclusion_path else b""
-        if who.response.receipt.inclusion_path:
+        # A receipt that does not prove this answer's leaf fails too.
+        assert who.response.receipt.tree_head.tree_size > 1  # so the path is not empty
+        for tamper in ("path", "index", "root"):
+            bad = pb.SignedResponse()
+            bad.CopyFrom(who.response)
+            if tamper == "path":
+                bad.receipt.inclusion_path[0] = bytes(32)
+            elif tamper == "index":
+                bad.receipt.leaf_index ^= 1
+            else:
+                bad.receipt.tree_head.root_hash = bytes(32)
             with pytest.raises(WireVerificationError):
                 verify_answer(
-                    flipped,
+                    bad,
                     lab_public_key=client.lab_public_key,
                     request_digest=signed_request_digest(who.request),
                     method="WhoAmI",
