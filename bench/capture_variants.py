@@ -1,23 +1,20 @@
-"""Prototype of a faster gradient capture, timed against the product's and a training step.
+"""The capture change of proposal 1, timed: the product's capture against the one it replaced.
 
-Why this exists: ``featurize_throughput.py`` showed that capture saves less than its FLOP
-count promises (no weight gradients should save ~1/3 of a step). The profile puts the gap
-in the loss, not in the hooks: ``masked_token_nll`` slices the logits (``logits[:, :-1]``),
-materializes ``log_softmax`` of the whole ``(batch, tokens, vocab)`` tensor and gathers from
-it, so the backward pass allocates and zero-fills several more vocab-sized buffers
-(``SliceBackward`` zeros + copy, ``log_softmax_backward``, ``gather`` backward zeros +
-scatter). For a 50k vocabulary each buffer is ~200 MB per 1,024 tokens, and on a CPU most of
-that cost is first-touch page faults and memory bandwidth, not arithmetic.
+Why this exists: ``featurize_throughput.py`` showed that capture saved less than its FLOP
+count promises (no weight gradients should save ~1/3 of a step). The profile put the gap in
+the loss, not in the hooks: the earlier capture built the loss graph (``masked_token_nll``
+slices the logits, materializes ``log_softmax`` of the whole ``(batch, tokens, vocab)``
+tensor and gathers from it), so the backward pass allocated and zero-filled several more
+vocab-sized buffers (``SliceBackward`` zeros + copy, ``log_softmax_backward``, ``gather``
+backward zeros + scatter). For a 50k vocabulary each buffer is ~200 MB per 1,024 tokens, and
+on a CPU most of that cost is first-touch page faults and memory bandwidth, not arithmetic.
 
-Capture never needs the loss *value*, only ``∂L/∂logits``, which for a summed token NLL is
-known in closed form: ``softmax(logits) - onehot(target)`` at every counted position, 0
-elsewhere. :func:`fast_featurize_batch` computes that in one vocab-sized buffer
-(``log_softmax``, from which the per-example NLL the engine reports is gathered; then
-in-place ``exp``, scatter and mask) and starts the backward pass from the logits with it. The
-hooks also mask the *projected* input (``T x k_in``) instead of the raw one (``T x d_in``):
-the feature sums ``g_t x_tᵀ`` over tokens, so zeroing a token on either side is the same.
-
-The variants must give the *same features*; :func:`check_equal` asserts that before timing.
+The product now starts the backward pass from the closed-form logit gradient
+(``capture.logit_grad_and_nll``) and masks the *projected* input (``T x k_in``) instead of
+the raw one (``T x d_in``). This script keeps the earlier capture (:class:`LossGraphCapture`,
+:func:`loss_graph_featurize_batch`) as the baseline, checks both give the *same features*
+(:func:`check_equal`), then times them next to a training step and a frozen forward+backward
+with no hooks (the floor).
 
     PYTHONPATH=. .venv/bin/python bench/capture_variants.py --model runs/demo/model
 """
@@ -33,7 +30,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from auditor_server.attribution.capture import GradientCapture, featurize_batch
+from auditor_server.attribution.capture import (
+    GradientCapture,
+    batch_tensors,
+    featurize_batch,
+    logit_grad_and_nll,
+    masked_token_nll,
+)
 from auditor_server.attribution.config import FeatureConfig
 from auditor_server.model.loading import load_model
 from bench._common import add_omp_argument, apply_omp_wait_policy, interleaved, machine, print_table
@@ -49,92 +52,56 @@ from bench.featurize_throughput import (
 )
 
 
-class FastGradientCapture(GradientCapture):
-    """``GradientCapture`` that masks after projecting (``T x k_in`` instead of ``T x d_in``)."""
+class LossGraphCapture(GradientCapture):
+    """The capture before proposal 1: masks each module's raw input (``T x d_in``) first."""
 
     def _forward_hook(self, index: int):  # type: ignore[no-untyped-def]
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             assert self._mask is not None
-            x_proj = args[0].detach().to(torch.float32) @ self._p_in[index]
-            self._inputs[index] = x_proj.mul_(self._mask.unsqueeze(-1))
+            x = args[0].detach().to(torch.float32) * self._mask.unsqueeze(-1)
+            self._inputs[index] = x @ self._p_in[index]
             if output.requires_grad:
                 output.register_hook(self._grad_hook(index))
 
         return hook
 
 
-def logit_grad(
-    logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``∂/∂logits`` of the summed next-token NLL, and each example's NLL, in one buffer.
-
-    Position ``t`` predicts token ``t+1``, so row ``t`` of the gradient is
-    ``loss_mask[t+1] * (softmax(logits_t) - onehot(ids[t+1]))``; the last position predicts
-    nothing. ``log_softmax`` is computed once (the NLL is gathered from it, exactly as
-    ``masked_token_nll`` does), then exponentiated in place into the softmax.
-    """
-    with torch.no_grad():
-        buf = torch.log_softmax(logits.to(torch.float32), dim=-1)
-        targets = torch.roll(ids, -1, dims=1).unsqueeze(-1)
-        weight = torch.roll(loss_mask, -1, dims=1).to(buf.dtype)
-        weight[:, -1] = 0
-        nll = -(buf.gather(-1, targets).squeeze(-1) * weight).sum(dim=1)
-        grad = buf.exp_()
-        grad.scatter_add_(-1, targets, torch.full_like(weight, -1.0).unsqueeze(-1))
-        grad.mul_(weight.unsqueeze(-1))
-    return grad.to(logits.dtype), nll
-
-
-def fast_featurize_batch(
+def loss_graph_featurize_batch(
     capture: GradientCapture,
     sequences: Sequence[Sequence[int]],
     target_starts: Sequence[int],
     *,
     pad_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``featurize_batch`` with the closed-form logit gradient instead of a loss graph."""
+    """``featurize_batch`` before proposal 1: back-propagates the summed loss graph."""
     model = capture.model
     device = next(model.parameters()).device
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(sequences), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for b, (seq, start) in enumerate(zip(sequences, target_starts, strict=True)):
-        ids[b, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
-        attn[b, : len(seq)] = 1
-        loss_mask[b, max(start, 1) : len(seq)] = 1
-    ids, attn, loss_mask = ids.to(device), attn.to(device), loss_mask.to(device)
+    ids, attn, loss_mask = (
+        t.to(device) for t in batch_tensors(sequences, target_starts, pad_id=pad_id)
+    )
     with capture.capture(attn):
         logits = model(input_ids=ids, attention_mask=attn).logits
-        grad, nll = logit_grad(logits, ids, loss_mask)
-        logits.backward(grad)
-    return capture.features().cpu(), nll.cpu()
-
-
-def _features(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Features from ``featurize_batch``'s result (a tensor, or (features, nll))."""
-    return out[0] if isinstance(out, tuple) else out
+        nll = masked_token_nll(logits, ids, loss_mask)
+        nll.sum().backward()  # type: ignore[no-untyped-call]
+    return capture.features().cpu(), nll.detach().cpu()
 
 
 def check_equal(
     model: nn.Module, config: FeatureConfig, seqs: list[list[int]], pad_id: int
 ) -> float:
-    """Max relative difference of features (and NLLs) between product and prototype.
+    """Max relative difference of features (and NLLs) between the product and the baseline.
 
     Uses a ragged batch with different target starts, so padding and query-style loss
     masks are covered, not only full training windows.
     """
     ragged = [s[: max(2, len(s) - 3 * i)] for i, s in enumerate(seqs[:4])]
     starts = [0, 1, 2, 0][: len(ragged)]
-    ref_out = featurize_batch(GradientCapture(model, config), ragged, starts, pad_id=pad_id)
-    new, new_nll = fast_featurize_batch(
-        FastGradientCapture(model, config), ragged, starts, pad_id=pad_id
+    ref, ref_nll = loss_graph_featurize_batch(
+        LossGraphCapture(model, config), ragged, starts, pad_id=pad_id
     )
-    ref = _features(ref_out)
+    new, new_nll = featurize_batch(GradientCapture(model, config), ragged, starts, pad_id=pad_id)
     err = float((ref - new).abs().max() / ref.abs().max())
-    if isinstance(ref_out, tuple):
-        err = max(err, float((ref_out[1] - new_nll).abs().max() / ref_out[1].abs().max()))
-    return err
+    return max(err, float((ref_nll - new_nll).abs().max() / ref_nll.abs().max()))
 
 
 def faults(fn: Callable[[], object]) -> Callable[[], int]:
@@ -159,7 +126,7 @@ def frozen_step(capture: GradientCapture, seqs: Sequence[Sequence[int]], pad_id:
         p.requires_grad_(False)
     try:
         logits = model(input_ids=ids, attention_mask=attn).logits
-        logits.backward(logit_grad(logits, ids, loss_mask))
+        logits.backward(logit_grad_and_nll(logits, ids, loss_mask)[0])
     finally:
         handle.remove()
         for p, f in zip(model.parameters(), flags, strict=True):
@@ -171,21 +138,21 @@ def _contenders(
 ) -> dict[str, Callable[[], object]]:
     """The timed variants, each taking the next batch in turn."""
     product = GradientCapture(model, config)
-    fast = FastGradientCapture(model, config)
+    before = LossGraphCapture(model, config)
     nxt = _cycler(batches)
 
     def capture() -> None:
         s = nxt()
         featurize_batch(product, s, [0] * len(s), pad_id=pad_id)
 
-    def fast_capture() -> None:
+    def loss_graph_capture() -> None:
         s = nxt()
-        fast_featurize_batch(fast, s, [0] * len(s), pad_id=pad_id)
+        loss_graph_featurize_batch(before, s, [0] * len(s), pad_id=pad_id)
 
     return {
         "plain": lambda: plain_step(model, nxt(), pad_id),
+        "capture-before": loss_graph_capture,
         "capture": capture,
-        "fast": fast_capture,
         "frozen-no-hooks": lambda: frozen_step(product, nxt(), pad_id),
     }
 
@@ -239,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for name, model, pad_id, span, batches in setups:
         err = check_equal(model, config, batches[0], pad_id)
-        assert err < 1e-4, f"prototype features differ from the product's: {err:.2e}"
+        assert err < 1e-4, f"the product's features differ from the baseline's: {err:.2e}"
         fns = _contenders(model, config, pad_id, batches)
         t = interleaved(fns, repeats=args.repeats)
         pf = {k: faults(f)() for k, f in fns.items()}

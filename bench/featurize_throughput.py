@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from auditor_server.attribution.capture import GradientCapture, featurize_batch
+from auditor_server.attribution.capture import GradientCapture, batch_tensors, featurize_batch
 from auditor_server.attribution.config import FeatureConfig
 from auditor_server.attribution.featurize import Featurizer
 from auditor_server.model.loading import load_model
@@ -55,16 +55,9 @@ class Case:
 def _batch_tensors(
     seqs: Sequence[Sequence[int]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and loss mask, built as ``featurize_batch`` does."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        attn[b, : len(s)] = 1
-    loss_mask = attn.clone()
-    loss_mask[:, 0] = 0
-    return ids, attn, loss_mask
+    """Right-padded ids, attention mask and loss mask of training windows (every predicted
+    token counted), built by the product's own ``batch_tensors``."""
+    return batch_tensors(seqs, [0] * len(seqs), pad_id=pad_id)
 
 
 def plain_step(model: nn.Module, seqs: Sequence[Sequence[int]], pad_id: int) -> None:

@@ -238,6 +238,25 @@ def logit_grad_and_nll(
     return grad.to(logits.dtype), nll
 
 
+def batch_tensors(
+    sequences: Sequence[Sequence[int]], target_starts: Sequence[int], *, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``ids``, ``attention_mask`` and loss mask of a ragged batch.
+
+    The loss mask counts token ``t`` (predicted from position ``t-1``) from
+    ``max(target_start, 1)`` to the end of its sequence; padding is never counted.
+    """
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(sequences), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for b, (seq, start) in enumerate(zip(sequences, target_starts, strict=True)):
+        ids[b, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        attn[b, : len(seq)] = 1
+        loss_mask[b, max(start, 1) : len(seq)] = 1
+    return ids, attn, loss_mask
+
+
 def featurize_batch(
     capture: GradientCapture,
     sequences: Sequence[Sequence[int]],
@@ -261,15 +280,9 @@ def featurize_batch(
     """
     model = capture.model
     device = next(model.parameters()).device
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(sequences), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for b, (seq, start) in enumerate(zip(sequences, target_starts, strict=True)):
-        ids[b, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
-        attn[b, : len(seq)] = 1
-        loss_mask[b, max(start, 1) : len(seq)] = 1
-    ids, attn, loss_mask = ids.to(device), attn.to(device), loss_mask.to(device)
+    ids, attn, loss_mask = (
+        t.to(device) for t in batch_tensors(sequences, target_starts, pad_id=pad_id)
+    )
     with capture.capture(attn):
         logits = model(input_ids=ids, attention_mask=attn).logits
         grad, nll = logit_grad_and_nll(logits, ids, loss_mask)
