@@ -22,15 +22,15 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, cast
 
-import yaml
 from jsonschema import Draft202012Validator, ValidationError
 
+from auditor_client.configfile import describe, dotted, load_yaml, raise_problems
 from auditor_client.errors import CampaignError
 from auditor_client.keys import KeyFileError, decode_public_key
 
@@ -227,11 +227,15 @@ class Campaign:
         Raises:
             CampaignError: See :meth:`from_file`.
         """
-        doc = _load_yaml(text, source)
-        problems = [(path_, msg) for path_, msg in _schema_errors(doc)]
+        doc = load_yaml(text, source, CampaignError)
+        problems = list(_schema_errors(doc))
         if not problems:
             problems.extend(_rules(cast(dict[str, Any], doc)))
-        _raise_if(source, problems)
+        raise_problems(
+            ((source, field, msg) for field, msg in problems),
+            CampaignError,
+            limit=MAX_REPORTED_ERRORS,
+        )
         assert isinstance(doc, dict)
         campaign_path = (path if path is not None else Path(source)).absolute()
         base = campaign_path.parent
@@ -387,73 +391,8 @@ def _check_public_key(text: str, where: str) -> None:
         raise CampaignError(f"{where}: {exc}") from None
 
 
-class _DuplicateKeyError(yaml.MarkedYAMLError):
-    """A mapping repeats a key; YAML would silently keep the last one."""
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe loader that rejects duplicate keys and keeps timestamps as strings.
-
-    A campaign has no dates, so a value that happens to look like one stays the text the
-    auditor wrote (and is then reported by the schema, not silently converted).
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise _DuplicateKeyError(
-                    None, None, f"key {key!r} appears more than once", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _load_yaml(text: str, source: str) -> object:
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise CampaignError(f"{source}: not valid YAML: {where}{exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise CampaignError(f"{source}: not valid YAML: {exc}") from None
-
-
 _Problem = tuple[str, str]
-"""(dotted field path, message); sorted and formatted by :func:`_raise_if`."""
-
-
-def _dotted(parts: Iterable[str | int]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _raise_if(source: str, problems: list[_Problem]) -> None:
-    if not problems:
-        return
-    lines = [f"{source}: {path or '(top level)'}: {msg}" for path, msg in sorted(set(problems))]
-    shown = lines[:MAX_REPORTED_ERRORS]
-    if len(lines) > len(shown):
-        shown.append(f"(and {len(lines) - len(shown)} more problems)")
-    raise CampaignError("\n".join(shown))
+"""(dotted field path, message); the campaign file is the source of every one."""
 
 
 def _schema_errors(doc: object) -> Iterator[_Problem]:
@@ -462,24 +401,16 @@ def _schema_errors(doc: object) -> Iterator[_Problem]:
 
 
 def _describe(error: ValidationError) -> Iterator[_Problem]:
-    """Turn one jsonschema error into problems that each name the offending field."""
-    path = _dotted(error.absolute_path)
-    instance: Any = error.instance
-    if error.validator == "required" and isinstance(instance, dict):
-        match = re.match(r"^'(.+)' is a required property$", error.message)
-        yield _join(path, match.group(1) if match else "?"), "missing (required)"
-    elif error.validator == "additionalProperties" and isinstance(instance, dict):
-        allowed = sorted(cast(dict[str, Any], error.schema).get("properties", {}))
-        for extra in sorted(set(map(str, instance)) - set(allowed)):
-            yield _join(path, extra), f"unexpected field (allowed: {', '.join(allowed)})"
-    elif error.validator == "minProperties" and path == "suites":
+    """Campaign-specific wording for a few schema errors; the rest as every config file."""
+    path = dotted(error.absolute_path)
+    if error.validator == "minProperties" and path == "suites":
         yield path, f"name at least one suite ({', '.join(SUITE_NAMES)})"
     elif error.validator == "pattern" and path == "server.address":
-        yield path, f"{instance!r} is not host:port"
+        yield path, f"{error.instance!r} is not host:port"
     elif error.validator == "pattern" and path == "lab_key":
         yield path, "not an Ed25519 public key (ed25519:<base64 of 32 bytes>)"
     else:
-        yield path, error.message
+        yield from describe(error)
 
 
 def _rules(doc: dict[str, Any]) -> Iterator[_Problem]:

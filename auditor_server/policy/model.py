@@ -17,17 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, cast
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jsonschema import Draft202012Validator, ValidationError
 
+from auditor_client.configfile import Problem, describe, dotted, join, load_yaml, raise_problems
 from auditor_client.keys import KeyFileError, decode_public_key, encode_public_key
 from auditor_client.wire.digests import key_id as compute_key_id
 from auditor_server.corpus.records import DATA_CLASSES
@@ -208,7 +208,7 @@ class Policy:
         Raises:
             PolicyError: The document or its registry is invalid (see :meth:`from_file`).
         """
-        doc = _load_yaml(text, source)
+        doc = load_yaml(text, source, PolicyError)
         _raise_if(_schema_errors(POLICY_SCHEMA, doc, source))
         return _build(cast(dict[str, Any], doc), source, base_dir)
 
@@ -265,36 +265,6 @@ class Policy:
 # ---------------------------------------------------------------------------- YAML
 
 
-class _DuplicateKeyError(yaml.MarkedYAMLError):
-    """A mapping repeats a key; YAML would silently keep the last one."""
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe loader that keeps timestamps as strings and rejects duplicate keys.
-
-    Timestamps stay strings so they are validated (and reported) like any other field, and
-    so a bare date is not silently turned into midnight; see :func:`_parse_expires`.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise _DuplicateKeyError(
-                    None, None, f"key {key!r} appears more than once", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
 def _read_text(path: Path, source: str, field_path: str | None) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -308,46 +278,14 @@ def _read_text(path: Path, source: str, field_path: str | None) -> str:
     raise PolicyError(f"{source}: {where}{problem}")
 
 
-def _load_yaml(text: str, source: str) -> object:
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise PolicyError(f"{source}: not valid YAML: {where}{exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {exc}") from None
-
-
 # ---------------------------------------------------------------------------- errors
 
-_Problem = tuple[str, str, str]
+_Problem = Problem
 """(file, dotted field path, message); sorted and formatted by :func:`_raise_if`."""
 
 
-def _dotted(parts: Iterable[str | int]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
 def _raise_if(problems: list[_Problem]) -> None:
-    if not problems:
-        return
-    ordered = sorted(set(problems))
-    lines = [f"{src}: {path or '(top level)'}: {msg}" for src, path, msg in ordered]
-    shown = lines[:MAX_REPORTED_ERRORS]
-    if len(lines) > len(shown):
-        shown.append(f"(and {len(lines) - len(shown)} more problems)")
-    raise PolicyError("\n".join(shown))
+    raise_problems(problems, PolicyError, limit=MAX_REPORTED_ERRORS)
 
 
 def _schema_errors(schema: dict[str, Any], doc: object, source: str) -> list[_Problem]:
@@ -359,25 +297,16 @@ def _schema_errors(schema: dict[str, Any], doc: object, source: str) -> list[_Pr
 
 
 def _describe(error: ValidationError, source: str) -> Iterator[_Problem]:
-    """Turn one jsonschema error into problems that each name the offending field."""
-    path = _dotted(error.absolute_path)
-    instance: Any = error.instance
-    if error.validator == "required" and isinstance(instance, dict):
-        match = re.match(r"^'(.+)' is a required property$", error.message)
-        name = match.group(1) if match else "?"
-        yield source, _join(path, name), "missing (required)"
-    elif error.validator == "additionalProperties" and isinstance(instance, dict):
-        allowed = sorted(cast(dict[str, Any], error.schema).get("properties", {}))
-        for extra in sorted(set(map(str, instance)) - set(allowed)):
-            yield source, _join(path, extra), (f"unexpected field (allowed: {', '.join(allowed)})")
-    elif "propertyNames" in error.schema_path:
+    """Policy-specific wording for invalid names; the rest as every config file."""
+    if "propertyNames" in error.schema_path:
         yield (
             source,
-            _join(path, str(instance)),
+            join(dotted(error.absolute_path), str(error.instance)),
             ("invalid name (use lower_snake_case: a-z, 0-9, _; starting with a letter)"),
         )
     else:
-        yield source, path, error.message
+        for path, message in describe(error):
+            yield source, path, message
 
 
 # ---------------------------------------------------------------------------- building
@@ -497,7 +426,7 @@ def _registry(
     reg_path = base_dir / cast(str, doc["auditor_registry"])
     text = _read_text(reg_path, source, "auditor_registry")
     reg_source = str(reg_path)
-    registry = _load_yaml(text, reg_source)
+    registry = load_yaml(text, reg_source, PolicyError)
     errors = _schema_errors(REGISTRY_SCHEMA, registry, reg_source)
     if errors:
         problems.extend(errors)

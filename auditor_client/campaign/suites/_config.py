@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from auditor_client.campaign.types import JSON
+from auditor_client.configfile import dotted
 from auditor_client.errors import CampaignError
 
 PathParts = Sequence[str | int]
@@ -23,13 +24,7 @@ PathParts = Sequence[str | int]
 
 def field_path(prefix: str, parts: PathParts) -> str:
     """``suites.bias`` + ``("templates", 2, "id")`` -> ``suites.bias.templates[2].id``."""
-    text = prefix
-    for part in parts:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
+    return dotted(parts, prefix)
 
 
 def _problems(schema: Mapping[str, Any], instance: Any) -> Iterator[tuple[list[str | int], str]]:
