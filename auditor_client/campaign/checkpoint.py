@@ -23,6 +23,7 @@ from auditor_client.campaign.types import ProbeRecord, ProbeSpec
 __all__ = [
     "PROBES_DIR",
     "CheckpointError",
+    "atomic_write_bytes",
     "atomic_write_json",
     "checkpoint_name",
     "checkpoint_path",
@@ -54,6 +55,15 @@ def atomic_write_json(path: Path, obj: object) -> None:
     """
     data = (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` durably: whole or not at all, even across a crash.
+
+    Raises:
+        OSError: The directory cannot be written.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -30,8 +30,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from auditor_client.campaign.checkpoint import atomic_write_bytes
 from auditor_client.campaign.types import JSON, ProbeRecord, Suite
 from auditor_client.errors import CampaignError
 from auditor_client.keys import KeyFileError, decode_public_key
@@ -158,16 +157,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _check(
