@@ -7,48 +7,21 @@ the service is exit 3, bad local input (keys, options) exit 2.
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from google.protobuf.json_format import MessageToDict
 
 from auditor_client import __version__
-from auditor_client.client import AUDITOR_ID_FILE, AuditorClient, TLSConfig, Verified
-from auditor_client.errors import ServerRefusedError
-from auditor_client.keys import KeyFileError, generate_keypair
+from auditor_client.client import AUDITOR_ID_FILE, AuditorClient, Verified
+from auditor_client.cliutil import AuditorGroup, with_client
+from auditor_client.keys import generate_keypair
 from auditor_client.wire._proto import audit_pb2 as pb
-from auditor_client.wire.errors import WireVerificationError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_INPUT = 2
-EXIT_REFUSED = 3
-EXIT_UNVERIFIED = 4
 
 
-class _Group(click.Group):
-    """Maps deliberate failures to one stderr line and an exit code saying who is at fault."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (KeyFileError, ValueError, OSError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_INPUT)
-        except ServerRefusedError as exc:
-            click.echo(f"refused by the lab: {exc}", err=True)
-            sys.exit(EXIT_REFUSED)
-        except WireVerificationError as exc:
-            click.echo(f"VERIFICATION FAILED: {exc}", err=True)
-            sys.exit(EXIT_UNVERIFIED)
-
-
-@click.group(cls=_Group)
+@click.group(cls=AuditorGroup)
 @click.version_option(__version__, prog_name="auditor")
 def main() -> None:
     """Auditor side of auditor-sandbox."""
@@ -71,71 +44,6 @@ def keygen(out: Path, auditor_id: str | None, force: bool) -> None:
     click.echo(pair.public_text)
 
 
-def _connection_options(fn: F) -> F:
-    """The options every command that talks to a lab takes."""
-    options = [
-        click.option("--server", required=True, help="host:port of the lab's audit service."),
-        click.option(
-            "--key",
-            "key_dir",
-            required=True,
-            type=click.Path(exists=True, file_okay=False, path_type=Path),
-            help="Directory holding auditor.key (from `auditor keygen`).",
-        ),
-        click.option(
-            "--lab-key",
-            required=True,
-            help="The lab's public key, ed25519:<base64>, or a file holding it.",
-        ),
-        click.option("--auditor-id", help="Registered auditor id (default: DIR/auditor.id)."),
-        click.option(
-            "--tls-ca",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="CA certificate that signed the server's certificate.",
-        ),
-        click.option(
-            "--tls-cert",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="Client certificate (mutual TLS).",
-        ),
-        click.option(
-            "--tls-key",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="Client certificate's key (mutual TLS).",
-        ),
-        click.option("--insecure", is_flag=True, help="Plaintext (local tests only)."),
-        click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def read_lab_key(value: str) -> str:
-    """``ed25519:<base64>`` given directly, or read from a file that holds it."""
-    if value.startswith("ed25519:"):
-        return value
-    path = Path(value)
-    if not path.is_file():
-        raise ValueError(f"--lab-key is neither ed25519:<base64> nor a readable file: {value}")
-    return path.read_text(encoding="ascii").strip()
-
-
-def _connect(kw: dict[str, Any]) -> AuditorClient:
-    tls = None
-    if not kw.pop("insecure"):
-        tls = TLSConfig(ca=kw.pop("tls_ca"), cert=kw.pop("tls_cert"), key=kw.pop("tls_key"))
-    return AuditorClient.connect(
-        kw.pop("server"),
-        key_dir=kw.pop("key_dir"),
-        lab_public_key=read_lab_key(kw.pop("lab_key")),
-        auditor_id=kw.pop("auditor_id"),
-        tls=tls,
-        insecure=tls is None,
-        timeout_s=kw.pop("timeout"),
-    )
-
-
 def _as_dict(verified: Verified) -> dict[str, Any]:
     """The verified body plus its receipt, as JSON-friendly data."""
     return {
@@ -144,33 +52,9 @@ def _as_dict(verified: Verified) -> dict[str, Any]:
     }
 
 
-def _command(fn: Callable[..., None]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def wrapper(**kw: Any) -> None:
-        client_kw = {
-            k: kw.pop(k)
-            for k in (
-                "server",
-                "key_dir",
-                "lab_key",
-                "auditor_id",
-                "tls_ca",
-                "tls_cert",
-                "tls_key",
-                "insecure",
-                "timeout",
-            )
-        }
-        with _connect(client_kw) as client:
-            fn(client, **kw)
-
-    return wrapper
-
-
 @main.command()
-@_connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the verified body and receipt.")
-@_command
+@with_client
 def whoami(client: AuditorClient, as_json: bool) -> None:
     """Ask the lab who it thinks you are, your role and your quota."""
     verified = client.whoami()
@@ -186,12 +70,11 @@ def whoami(client: AuditorClient, as_json: bool) -> None:
 
 
 @main.command()
-@_connection_options
 @click.option("--prompt", required=True)
 @click.option("--completion", required=True, help="The output whose training sources you ask.")
 @click.option("--top-k", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the verified body and receipt.")
-@_command
+@with_client
 def attribute(
     client: AuditorClient, prompt: str, completion: str, top_k: int, as_json: bool
 ) -> None:

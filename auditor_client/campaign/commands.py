@@ -8,57 +8,19 @@ failed verification (the lab sent something unprovable: nothing unverified was w
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from auditor_client.campaign.model import MAX_CONCURRENCY, Campaign
 from auditor_client.campaign.runner import plan_campaign, run_campaign
-from auditor_client.errors import CampaignError, CampaignStopped, ServerRefusedError
-from auditor_client.keys import KeyFileError
-from auditor_client.wire.errors import WireVerificationError
+from auditor_client.cliutil import AuditorGroup
+from auditor_client.errors import CampaignError
 
-__all__ = [
-    "EXIT_INPUT",
-    "EXIT_REFUSED",
-    "EXIT_STOPPED",
-    "EXIT_UNVERIFIED",
-    "campaign_group",
-]
-
-EXIT_INPUT = 2
-EXIT_REFUSED = 3
-EXIT_UNVERIFIED = 4
-EXIT_STOPPED = 5
+__all__ = ["campaign_group"]
 
 
-class _CampaignGroup(click.Group):
-    """Maps the campaign's deliberate failures to one stderr line and an exit code.
-
-    Handled here rather than by the ``auditor`` group so the codes are the same whether the
-    group is invoked on its own or registered under ``auditor``.
-    """
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except CampaignStopped as exc:
-            click.echo(f"{exc}", err=True)
-            sys.exit(EXIT_STOPPED)
-        except (CampaignError, KeyFileError, OSError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_INPUT)
-        except ServerRefusedError as exc:
-            click.echo(f"refused by the lab: {exc}", err=True)
-            sys.exit(EXIT_REFUSED)
-        except WireVerificationError as exc:
-            click.echo(f"VERIFICATION FAILED: {exc}", err=True)
-            sys.exit(EXIT_UNVERIFIED)
-
-
-@click.group(name="campaign", cls=_CampaignGroup)
+@click.group(name="campaign", cls=AuditorGroup)
 def campaign_group() -> None:
     """Plan and run audit campaigns (copyright, bias, toxicity probe suites)."""
 

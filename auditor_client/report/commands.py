@@ -18,8 +18,9 @@ from typing import Any
 import click
 
 from auditor_client.campaign.types import Exchange
-from auditor_client.client import AuditorClient, TLSConfig
-from auditor_client.keys import KeyFileError
+from auditor_client.client import AuditorClient
+from auditor_client.cliutil import EXIT_UNVERIFIED, read_lab_key, with_client
+from auditor_client.keys import encode_public_key
 from auditor_client.report.build import write_json_atomic, write_report
 from auditor_client.report.errors import ReportVerificationError
 from auditor_client.report.verify import (
@@ -29,23 +30,6 @@ from auditor_client.report.verify import (
     verify_report_data,
 )
 from auditor_client.wire._proto import audit_pb2 as pb
-
-EXIT_UNVERIFIED = 4
-"""Exit status for a report that does not verify (as ``auditor`` uses for any answer)."""
-
-
-def read_lab_key(value: str) -> str:
-    """``ed25519:<base64>`` given directly, or read from a file that holds it.
-
-    Raises:
-        KeyFileError: neither a key nor a readable file.
-    """
-    if value.startswith("ed25519:"):
-        return value
-    path = Path(value)
-    if not path.is_file():
-        raise KeyFileError(f"--lab-key is neither ed25519:<base64> nor a readable file: {value}")
-    return path.read_text(encoding="ascii").strip()
 
 
 @click.command("verify")
@@ -120,33 +104,6 @@ def _campaign_lab_key(out_dir: Path) -> str | None:
 
 
 @click.command("head")
-@click.option("--server", required=True, help="host:port of the lab's audit service.")
-@click.option(
-    "--key",
-    "key_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Directory holding auditor.key: the key of the report's auditor.",
-)
-@click.option("--lab-key", required=True, help="The lab's public key, ed25519:<base64>, or a file.")
-@click.option("--auditor-id", help="Registered auditor id (default: DIR/auditor.id).")
-@click.option(
-    "--tls-ca",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CA certificate that signed the server's certificate.",
-)
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Client certificate (mutual TLS).",
-)
-@click.option(
-    "--tls-key",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Client certificate's key (mutual TLS).",
-)
-@click.option("--insecure", is_flag=True, help="Plaintext (local tests only).")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
 @click.option(
     "--report",
     "report_path",
@@ -160,44 +117,24 @@ def _campaign_lab_key(out_dir: Path) -> str | None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to save the proof, for `auditor verify --newer-head`.",
 )
-def head_command(
-    report_path: Path,
-    out: Path,
-    server: str,
-    key_dir: Path,
-    lab_key: str,
-    auditor_id: str | None,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    insecure: bool,
-    timeout: float,
-) -> None:
+@with_client
+def head_command(client: AuditorClient, report_path: Path, out: Path) -> None:
     """Fetch and verify a proof that the lab's log still extends the report's final head.
 
     The proof (a signed GetConsistencyProof exchange from the report's final tree size to
     the lab's current one) is verified here, together with the whole report, before it is
-    saved; ``auditor verify --newer-head`` checks it again offline.
+    saved; ``auditor verify --newer-head`` checks it again offline. ``--key`` must be the
+    report's auditor's key.
     """
     report = load_json(report_path, what="report")
     final_size = _final_size(report)
-    lab_key = read_lab_key(lab_key)
-    tls = None if insecure else TLSConfig(ca=tls_ca, cert=tls_cert, key=tls_key)
-    with AuditorClient.connect(
-        server,
-        key_dir=key_dir,
-        lab_public_key=lab_key,
-        auditor_id=auditor_id,
-        tls=tls,
-        insecure=insecure,
-        timeout_s=timeout,
-    ) as client:
-        if client.keypair.public_text != report.get("auditor", {}).get("public_key"):
-            raise click.UsageError(
-                "--key is not the key of the report's auditor; the proof must be signed "
-                "for the same auditor so a regulator can check it with the report"
-            )
-        verified = client.consistency_proof(final_size)
+    lab_key = encode_public_key(client.lab_public_key)
+    if client.keypair.public_text != report.get("auditor", {}).get("public_key"):
+        raise click.UsageError(
+            "--key is not the key of the report's auditor; the proof must be signed "
+            "for the same auditor so a regulator can check it with the report"
+        )
+    verified = client.consistency_proof(final_size)
     newer = {
         "format": NEWER_HEAD_FORMAT,
         "from_size": final_size,
