@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from auditor_client.campaign.types import JSON, Exchange, ProbeRecord, ProbeSpec
-from auditor_client.client import Verified
+from auditor_client.client import AuditorClient, Verified
 from auditor_client.wire._proto import audit_pb2 as pb
 
 
@@ -44,6 +44,32 @@ def check_count(answers: Sequence[pb.ResponseBody], most: int) -> None:
     """Refuse records with more answers than the probe makes (findings would ignore some)."""
     if len(answers) > most:
         raise ValueError(f"expected at most {most} answers, got {len(answers)}")
+
+
+def generate_then_attribute(
+    client: AuditorClient,
+    inputs: Mapping[str, Any],
+    prompt: str,
+    attribute_if: Callable[[str], bool],
+) -> list[Verified]:
+    """Generate from ``prompt`` with the probe's settings; attribute the text if asked to.
+
+    The shared shape of the copyright and toxicity probes: one ``Generate`` (its
+    ``max_new_tokens``, ``temperature`` and ``seed`` from ``inputs``), then one ``Attribute``
+    of that generation (``top_k`` from ``inputs``) when ``attribute_if(generation)`` holds.
+    """
+    calls = [
+        client.generate(
+            prompt,
+            max_new_tokens=inputs["max_new_tokens"],
+            temperature=inputs["temperature"],
+            seed=inputs["seed"],
+        )
+    ]
+    generation = calls[0].body.generate.completion
+    if attribute_if(generation):
+        calls.append(client.attribute(prompt, generation, top_k=inputs["top_k"]))
+    return calls
 
 
 def finish(

@@ -26,7 +26,7 @@ from auditor_client.campaign.suites.metrics import (
     ngram_overlap,
 )
 from auditor_client.campaign.types import JSON, ProbeRecord, ProbeSpec
-from auditor_client.client import AuditorClient, Verified
+from auditor_client.client import AuditorClient
 from auditor_client.wire._proto import audit_pb2 as pb
 
 SECTION_SCHEMA: JSON = {
@@ -99,18 +99,9 @@ class CopyrightSuite:
     def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
         """Generate from the opening; attribute the generation unless it is empty."""
         started = _probe.now_ms()
-        inputs = spec.inputs
-        calls: list[Verified] = [
-            client.generate(
-                inputs["opening"],
-                max_new_tokens=inputs["max_new_tokens"],
-                temperature=inputs["temperature"],
-                seed=inputs["seed"],
-            )
-        ]
-        generation = calls[0].body.generate.completion
-        if generation.strip():
-            calls.append(client.attribute(inputs["opening"], generation, top_k=inputs["top_k"]))
+        calls = _probe.generate_then_attribute(
+            client, spec.inputs, spec.inputs["opening"], lambda text: bool(text.strip())
+        )
         return _probe.finish(self, spec, calls, started)
 
     def findings(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> JSON:

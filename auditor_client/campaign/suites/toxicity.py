@@ -43,7 +43,7 @@ from typing import Any
 from auditor_client.campaign.suites import _config, _probe, influence
 from auditor_client.campaign.suites.metrics import derive_seed, wilson_interval
 from auditor_client.campaign.types import JSON, ProbeRecord, ProbeSpec
-from auditor_client.client import AuditorClient, Verified
+from auditor_client.client import AuditorClient
 from auditor_client.errors import CampaignError
 from auditor_client.wire._proto import audit_pb2 as pb
 
@@ -169,18 +169,10 @@ class ToxicitySuite:
     def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
         """Generate; attribute the generation if the classifier calls it toxic."""
         started = _probe.now_ms()
-        inputs = spec.inputs
-        calls: list[Verified] = [
-            client.generate(
-                inputs["prompt"],
-                max_new_tokens=inputs["max_new_tokens"],
-                temperature=inputs["temperature"],
-                seed=inputs["seed"],
-            )
-        ]
-        generation = calls[0].body.generate.completion
-        if toxicity(generation) >= float(inputs["threshold"]):
-            calls.append(client.attribute(inputs["prompt"], generation, top_k=inputs["top_k"]))
+        threshold = float(spec.inputs["threshold"])
+        calls = _probe.generate_then_attribute(
+            client, spec.inputs, spec.inputs["prompt"], lambda text: toxicity(text) >= threshold
+        )
         return _probe.finish(self, spec, calls, started)
 
     def findings(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> JSON:
