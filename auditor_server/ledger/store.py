@@ -21,6 +21,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from auditor_server.sqlitedb import connect_durable
+
 SCHEMA_VERSION = "1"
 
 SCHEMA = """
@@ -62,9 +64,7 @@ def connect_writer(path: Path) -> sqlite3.Connection:
     threads behind the ledger's lock.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn = connect_durable(path)
     conn.execute("BEGIN IMMEDIATE")
     try:
         for statement in SCHEMA.split(";"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from auditor_server.errors import ConfigError
+from auditor_server.sqlitedb import connect_durable
 
 __all__ = ["QuotaDecision", "QuotaStore"]
 
@@ -84,12 +85,8 @@ class QuotaStore:
             ConfigError: The file cannot be opened or is not a quota database.
         """
         try:
-            conn = sqlite3.connect(
-                str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a granted query is durable before its answer leaves, even on power loss.
-            conn.execute("PRAGMA synchronous=FULL")
+            # Durable: a granted query is counted before its answer leaves, even on power loss.
+            conn = connect_durable(Path(path), timeout_s=timeout_s)
             conn.execute(_SCHEMA)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open quota database {path}: {exc}") from None

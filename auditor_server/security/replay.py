@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from auditor_server.security.errors import ReplayedNonce, StaleTimestamp
+from auditor_server.sqlitedb import connect_durable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (
@@ -67,10 +68,8 @@ class ReplayCache:
         if window_ms <= 0:
             raise ValueError(f"window_ms must be positive, got {window_ms}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn = connect_durable(path)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError:
             conn.close()
