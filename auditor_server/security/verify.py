@@ -36,6 +36,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from auditor_client.wire import digests
 from auditor_client.wire._proto import audit_pb2 as pb
+from auditor_client.wire.envelope import signed_request_digest
 from auditor_server.security.errors import (
     BadSignature,
     ExpiredKey,
@@ -170,14 +171,7 @@ def verify_request(
             f"request timestamp is more than {window_ms} ms from server time {now_ms}; "
             "check your clock"
         )
-    digest = digests.request_digest(
-        auditor_id=env.auditor_id,
-        key_id=env.key_id,
-        method=env.method,
-        timestamp_ms=env.timestamp_ms,
-        nonce=env.nonce,
-        body=env.body,
-    )
+    digest = signed_request_digest(env)
     try:
         key.public_key.verify(env.signature, digest)
     except InvalidSignature:
