@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from auditor_client.wire._proto import audit_pb2
 from auditor_server.errors import ConfigError
-from auditor_server.service import SERVICE_NAME, AuditService, StatePaths, generic_handler
+from auditor_server.service import SERVICE_NAME, AuditService, generic_handler
 
 logger = logging.getLogger(__name__)
 
@@ -72,25 +72,17 @@ def open_service(
 ) -> AuditService:
     """Load the engine, policy, lab key and durable state; fail early and clearly."""
     from auditor_server.attribution.engine import AttributionEngine
-    from auditor_server.ledger.log import Ledger
     from auditor_server.policy.model import Policy
-    from auditor_server.policy.quota import QuotaStore
     from auditor_server.security.lab_keys import load_lab_key
-    from auditor_server.security.replay import ReplayCache
 
     policy = Policy.from_file(policy_path)
     lab_key = load_lab_key(lab_key_path)
-    engine = AttributionEngine.open(index_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    paths = StatePaths(state_dir)
-    return AuditService(
-        engine=engine,
+    return AuditService.open(
+        engine=AttributionEngine.open(index_dir),
         policy=policy,
         policy_path=policy_path,
         lab_key=lab_key,
-        ledger=Ledger.open(paths.ledger, signer=lab_key),
-        replay=ReplayCache.open(paths.replay, window_ms=policy.limits.timestamp_window_s * 1000),
-        quota=QuotaStore.open(paths.quota),
+        state_dir=state_dir,
     )
 
 

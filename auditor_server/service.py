@@ -146,6 +146,35 @@ class AuditService:
         self._engine_lock = threading.Lock()
         self.model_hash = str(engine.manifest.get("model_hash", ""))
 
+    @classmethod
+    def open(
+        cls,
+        *,
+        engine: Engine,
+        policy: Policy,
+        policy_path: Path | None,
+        lab_key: LabKey,
+        state_dir: Path,
+    ) -> AuditService:
+        """A service over ``engine`` keeping its durable state in ``state_dir``.
+
+        Opens (creating if needed) the ledger, replay cache and quota store there; keep the
+        directory across restarts, or the replay window and the quotas start afresh.
+        """
+        state_dir.mkdir(parents=True, exist_ok=True)
+        paths = StatePaths(state_dir)
+        return cls(
+            engine=engine,
+            policy=policy,
+            policy_path=policy_path,
+            lab_key=lab_key,
+            ledger=Ledger.open(paths.ledger, signer=lab_key),
+            replay=ReplayCache.open(
+                paths.replay, window_ms=policy.limits.timestamp_window_s * 1000
+            ),
+            quota=QuotaStore.open(paths.quota),
+        )
+
     def close(self) -> None:
         """Release the durable stores and the engine (the server has stopped serving)."""
         for resource in (self.ledger, self.replay, self.quota, self.engine):

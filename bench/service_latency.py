@@ -332,25 +332,16 @@ def inprocess_service(
     lab: Lab, engine: AttributionEngine, stages: Stages
 ) -> tuple[Any, Callable[[], None]]:
     """An ``AuditService`` on ``engine`` with its own state dir and timers on its steps."""
-    from auditor_server.ledger.log import Ledger
     from auditor_server.policy.model import Policy
-    from auditor_server.policy.quota import QuotaStore
     from auditor_server.security.lab_keys import load_lab_key
-    from auditor_server.security.replay import ReplayCache
-    from auditor_server.service import AuditService, StatePaths
+    from auditor_server.service import AuditService
 
-    policy = Policy.from_file(lab.policy)
-    lab_key = load_lab_key(lab.lab_key_dir)
-    paths = StatePaths(lab.work / "state-inprocess")
-    paths.root.mkdir(parents=True)
-    service = AuditService(
+    service = AuditService.open(
         engine=engine,
-        policy=policy,
+        policy=Policy.from_file(lab.policy),
         policy_path=None,
-        lab_key=lab_key,
-        ledger=Ledger.open(paths.ledger, signer=lab_key),
-        replay=ReplayCache.open(paths.replay, window_ms=policy.limits.timestamp_window_s * 1000),
-        quota=QuotaStore.open(paths.quota),
+        lab_key=load_lab_key(lab.lab_key_dir),
+        state_dir=lab.work / "state-inprocess",
     )
     # Instance attributes shadow the methods for this service only; module functions are
     # patched in auditor_server.service's namespace (restored by ``restore``).

@@ -51,21 +51,15 @@ class Pair:
 
 def _service(root: Path, index: Path, policy: Path, lab_key: Any) -> Any:
     from auditor_server.attribution.engine import AttributionEngine
-    from auditor_server.ledger.log import Ledger
     from auditor_server.policy.model import Policy
-    from auditor_server.policy.quota import QuotaStore
-    from auditor_server.security.replay import ReplayCache
     from auditor_server.service import AuditService
 
-    root.mkdir(parents=True, exist_ok=True)
-    return AuditService(
+    return AuditService.open(
         engine=AttributionEngine.open(index),
         policy=Policy.from_file(policy),
         policy_path=policy,
         lab_key=lab_key,
-        ledger=Ledger.open(root / "ledger.db", signer=lab_key),
-        replay=ReplayCache.open(root / "replay.db", window_ms=120_000),
-        quota=QuotaStore.open(root / "quota.db"),
+        state_dir=root,
     )
 
 
