@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ import auditor_server.attribution.engine as engine_module
 from auditor_server.attribution.engine import AttributionEngine
 from auditor_server.model.generation import encode_pair, score
 from bench._common import (
+    StageTimer,
     Timing,
     add_omp_argument,
     apply_omp_wait_policy,
@@ -58,25 +58,6 @@ def plain_fwd_bwd(engine: AttributionEngine, prompt: str, completion: str) -> No
     model.zero_grad(set_to_none=True)
     model(input_ids=input_ids, labels=labels).loss.backward()
     model.zero_grad(set_to_none=True)
-
-
-class StageTimer:
-    """Accumulates seconds per named stage for one query."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` with its wall time added to stage ``name`` on every call."""
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-        return timed
 
 
 def staged_attribute(

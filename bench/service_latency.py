@@ -63,6 +63,7 @@ from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.envelope import sign_request
 from auditor_server.attribution.engine import AttributionEngine
 from bench._common import (
+    StageTimer,
     Timing,
     add_omp_argument,
     apply_omp_wait_policy,
@@ -288,26 +289,6 @@ def connect(lab: Lab, server: Server, who: str, tls: bool) -> AuditorClient:
 # --- the service in this process, instrumented -------------------------------------------
 
 
-class Stages:
-    """Seconds per named step, accumulated between :meth:`reset` calls (one thread)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def reset(self) -> None:
-        self.seconds = {}
-
-    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-        return timed
-
-
 class AbortedError(Exception):
     """The in-process handler refused a request (it never should here)."""
 
@@ -329,7 +310,7 @@ class FakeContext:
 
 
 def inprocess_service(
-    lab: Lab, engine: AttributionEngine, stages: Stages
+    lab: Lab, engine: AttributionEngine, stages: StageTimer
 ) -> tuple[Any, Callable[[], None]]:
     """An ``AuditService`` on ``engine`` with its own state dir and timers on its steps."""
     from auditor_server.policy.model import Policy
@@ -377,7 +358,7 @@ def inprocess_service(
 class _EngineView:
     """The engine as the in-process service sees it, ``attribute_many`` timed."""
 
-    def __init__(self, engine: AttributionEngine, stages: Stages) -> None:
+    def __init__(self, engine: AttributionEngine, stages: StageTimer) -> None:
         self._engine = engine
         self.attribute_many = stages.wrap("engine.attribute_many", engine.attribute_many)
 
@@ -411,12 +392,12 @@ def round_trip_phase(
 ) -> dict[str, Any]:
     exclude = frozenset({"private"})
     client = connect(lab, server, "bench", tls)
-    client_stages = Stages()
+    client_stages = StageTimer()
     client._sign = client_stages.wrap("client sign", client._sign)  # type: ignore[method-assign]
     verify_name = "verify_answer"  # patched in the client module's namespace, where _call looks
     original_verify = getattr(client_module, verify_name)
     setattr(client_module, verify_name, client_stages.wrap("client verify", original_verify))
-    svc_stages = Stages()
+    svc_stages = StageTimer()
     service, restore_patches = inprocess_service(lab, engine, svc_stages)
     bench_key = load_keypair(lab.auditors["bench"])
 
