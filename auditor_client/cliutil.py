@@ -18,7 +18,7 @@ import click
 
 from auditor_client.client import AuditorClient, TLSConfig
 from auditor_client.errors import CampaignError, CampaignStopped, ServerRefusedError
-from auditor_client.keys import KeyFileError
+from auditor_client.keys import KeyFileError, read_public_key_text
 from auditor_client.wire.errors import WireVerificationError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,17 +58,12 @@ class AuditorGroup(click.Group):
 
 
 def read_lab_key(value: str) -> str:
-    """``ed25519:<base64>`` given directly, or read from a file that holds it.
+    """``--lab-key``: ``ed25519:<base64>`` given directly, or read from a file that holds it.
 
     Raises:
         KeyFileError: neither a key nor a readable file.
     """
-    if value.startswith("ed25519:"):
-        return value
-    path = Path(value)
-    if not path.is_file():
-        raise KeyFileError(f"--lab-key is neither ed25519:<base64> nor a readable file: {value}")
-    return path.read_text(encoding="ascii").strip()
+    return read_public_key_text(value)
 
 
 _CONNECTION_OPTIONS = [

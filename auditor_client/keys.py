@@ -62,6 +62,29 @@ def decode_public_key(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+def read_public_key_text(value: str) -> str:
+    """A public key given as ``ed25519:<base64>`` or as the path of a file holding it.
+
+    Only the form is settled here (what the caller passes on to :func:`decode_public_key`);
+    the text returned is stripped of surrounding whitespace.
+
+    Raises:
+        KeyFileError: neither a key nor a readable text file.
+    """
+    text = value.strip()
+    if text.startswith(PUBLIC_KEY_PREFIX):
+        return text
+    path = Path(value)
+    if not path.is_file():
+        raise KeyFileError(
+            f"neither an '{PUBLIC_KEY_PREFIX}<base64>' key nor an existing file: {value}"
+        )
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"cannot read {path}: {exc}") from exc
+
+
 def generate_keypair(out_dir: Path, *, overwrite: bool = False) -> KeyPair:
     """Create a new key pair in ``out_dir`` (private key 0600, public key text file).
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from auditor_client.keys import PUBLIC_KEY_PREFIX, KeyFileError, decode_public_key
+from auditor_client.keys import KeyFileError, decode_public_key, read_public_key_text
 from auditor_server.ledger.verify import verify
 
 __all__ = ["ledger_group"]
@@ -21,19 +21,8 @@ __all__ = ["ledger_group"]
 
 def _lab_key(ctx: click.Context, param: click.Parameter, value: str) -> Ed25519PublicKey:
     """Accept the key as ``ed25519:<base64>`` or as a file holding that text."""
-    text = value.strip()
-    if not text.startswith(PUBLIC_KEY_PREFIX):
-        path = Path(value)
-        if not path.is_file():
-            raise click.BadParameter(
-                f"neither an '{PUBLIC_KEY_PREFIX}<base64>' key nor an existing file: {value}"
-            )
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise click.BadParameter(f"cannot read {path}: {exc}") from exc
     try:
-        return decode_public_key(text)
+        return decode_public_key(read_public_key_text(value))
     except KeyFileError as exc:
         raise click.BadParameter(str(exc)) from exc
 
