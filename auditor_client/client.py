@@ -20,7 +20,8 @@ from types import TracebackType
 from typing import TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.message import DecodeError, Message
 
 from auditor_client.errors import ServerRefusedError
 from auditor_client.keys import KeyPair, decode_public_key, load_keypair
@@ -28,10 +29,13 @@ from auditor_client.wire import digests
 from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire._proto import audit_pb2_grpc
 from auditor_client.wire.envelope import sign_request, signed_request_digest
+from auditor_client.wire.errors import BindingError, MalformedResponseError
 from auditor_client.wire.receipts import verify_answer
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 LEDGER_TRAILER = "x-ledger-leaf"
+REFUSAL_TRAILER = "x-signed-refusal-bin"
+"""Trailing metadata carrying the lab's signed, logged refusal (a serialized SignedResponse)."""
 AUDITOR_ID_FILE = "auditor.id"
 
 M = TypeVar("M", bound=Message)
@@ -230,7 +234,7 @@ class AuditorClient:
                 )
                 yield Verified(request=envelope, response=response, body=body)
         except grpc.RpcError as exc:
-            raise _refused(exc) from exc
+            raise self._refused(exc, envelope, "AttributeBatch") from exc
 
     def tree_head(self) -> Verified:
         return self._call("GetTreeHead", pb.GetTreeHeadRequest())
@@ -257,6 +261,13 @@ class AuditorClient:
             body=request.SerializeToString(deterministic=True),
         )
 
+    def _refused(
+        self, exc: grpc.RpcError, envelope: pb.SignedRequest, method: str
+    ) -> ServerRefusedError:
+        return refusal_from_error(
+            exc, lab_public_key=self.lab_public_key, envelope=envelope, method=method
+        )
+
     def _call(self, method: str, request: Message) -> Verified:
         rpc = getattr(self._stub, method)
         attempt = 0
@@ -271,7 +282,7 @@ class AuditorClient:
                     time.sleep(self.backoff_s * 2**attempt)
                     attempt += 1
                     continue
-                raise _refused(exc) from exc
+                raise self._refused(exc, envelope, method) from exc
         body = verify_answer(
             response,
             lab_public_key=self.lab_public_key,
@@ -281,15 +292,49 @@ class AuditorClient:
         return Verified(request=envelope, response=response, body=body)
 
 
-def _refused(exc: grpc.RpcError) -> ServerRefusedError:
-    """The service's refusal as a typed error, with the ledger leaf that recorded it."""
+def _trailer(exc: grpc.Call, key: str) -> str | bytes | None:
+    for name, value in exc.trailing_metadata() or ():
+        if name == key:
+            found: str | bytes = value
+            return found
+    return None
+
+
+def refusal_from_error(
+    exc: grpc.RpcError,
+    *,
+    lab_public_key: Ed25519PublicKey,
+    envelope: pb.SignedRequest,
+    method: str,
+) -> ServerRefusedError:
+    """The service's refusal as a typed error, with its verified signed evidence if any.
+
+    A signed refusal is verified like any answer (signature, binding to *this* request,
+    ledger receipt) and must agree with the gRPC status; one that fails verification raises
+    instead of being reported, because a report must never hold unproven lab statements.
+    """
     if not isinstance(exc, grpc.Call):
         return ServerRefusedError("UNKNOWN", str(exc), None)
-    leaf: int | None = None
-    for key, value in exc.trailing_metadata() or ():
-        if key == LEDGER_TRAILER and isinstance(value, str) and value.isdigit():
-            leaf = int(value)
     code = exc.code()
-    return ServerRefusedError(
-        code.name if code is not None else "UNKNOWN", exc.details() or "", leaf
-    )
+    name = code.name if code is not None else "UNKNOWN"
+    leaf_text = _trailer(exc, LEDGER_TRAILER)
+    leaf = int(leaf_text) if isinstance(leaf_text, str) and leaf_text.isdigit() else None
+    raw = _trailer(exc, REFUSAL_TRAILER)
+    evidence: Verified | None = None
+    if isinstance(raw, bytes):
+        response = pb.SignedResponse()
+        try:
+            response.ParseFromString(raw)
+        except DecodeError as err:
+            raise MalformedResponseError("signed refusal does not parse") from err
+        body = verify_answer(
+            response,
+            lab_public_key=lab_public_key,
+            request_digest=signed_request_digest(envelope),
+            method=method,
+        )
+        if body.WhichOneof("result") != "refusal" or body.refusal.code != name:
+            raise BindingError(f"signed refusal does not match the {name} status it came with")
+        evidence = Verified(request=envelope, response=response, body=body)
+        leaf = response.receipt.leaf_index
+    return ServerRefusedError(name, exc.details() or "", leaf, evidence)

@@ -21,14 +21,25 @@ class ServerRefusedError(AuditorClientError):
         code: gRPC status name, e.g. ``RESOURCE_EXHAUSTED``.
         message: the service's message.
         ledger_leaf: index of the ledger entry recording the refusal, when the service sent it.
+        evidence: the lab's signed, logged refusal (a verified exchange whose body holds a
+            ``Refusal``), when the request was authenticated; ``None`` for refusals that
+            carry no proof (unauthenticated requests, transport errors). A report may only
+            call a probe "refused by the lab" with this evidence.
     """
 
-    def __init__(self, code: str, message: str, ledger_leaf: int | None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        ledger_leaf: int | None,
+        evidence: object | None = None,
+    ) -> None:
         where = f" (ledger leaf {ledger_leaf})" if ledger_leaf is not None else ""
         super().__init__(f"{code}: {message}{where}")
         self.code = code
         self.message = message
         self.ledger_leaf = ledger_leaf
+        self.evidence = evidence
 
 
 class CampaignError(AuditorClientError):

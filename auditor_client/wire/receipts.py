@@ -17,12 +17,17 @@ from auditor_client.wire.errors import BindingError
 
 
 def answer_status(body: pb.ResponseBody) -> int:
-    """The status the lab logged for this answer: 0, or an in-band item error's code."""
-    if body.WhichOneof("result") == "error":
+    """The status the lab logged for this answer: 0, or the code of an in-band item error
+    or of a signed refusal of the whole request."""
+    kind = body.WhichOneof("result")
+    if kind in ("error", "refusal"):
+        code = body.error.code if kind == "error" else body.refusal.code
         try:
-            value: int = grpc.StatusCode[body.error.code].value[0]
+            value: int = grpc.StatusCode[code].value[0]
         except KeyError as exc:
-            raise BindingError(f"unknown status name {body.error.code!r} in item error") from exc
+            raise BindingError(f"unknown status name {code!r} in {kind}") from exc
+        if value == 0:
+            raise BindingError(f"a {kind} cannot carry status OK")
         return value
     return 0
 

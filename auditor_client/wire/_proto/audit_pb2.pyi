@@ -38,7 +38,7 @@ class SignedResponse(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., lab_key_id: _Optional[str] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ...) -> None: ...
 
 class ResponseBody(_message.Message):
-    __slots__ = ("request_digest", "method", "snapshot_id", "model_hash", "policy_hash", "server_time_ms", "item_index", "whoami", "policy", "generate", "score", "attribute", "tree_head", "inclusion_proof", "consistency_proof", "error")
+    __slots__ = ("request_digest", "method", "snapshot_id", "model_hash", "policy_hash", "server_time_ms", "item_index", "whoami", "policy", "generate", "score", "attribute", "tree_head", "inclusion_proof", "consistency_proof", "error", "refusal")
     REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class ResponseBody(_message.Message):
     INCLUSION_PROOF_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_PROOF_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     request_digest: bytes
     method: str
     snapshot_id: str
@@ -71,7 +72,8 @@ class ResponseBody(_message.Message):
     inclusion_proof: InclusionProofResponse
     consistency_proof: ConsistencyProofResponse
     error: ItemError
-    def __init__(self, request_digest: _Optional[bytes] = ..., method: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., model_hash: _Optional[str] = ..., policy_hash: _Optional[str] = ..., server_time_ms: _Optional[int] = ..., item_index: _Optional[int] = ..., whoami: _Optional[_Union[WhoAmIResponse, _Mapping]] = ..., policy: _Optional[_Union[GetPolicyResponse, _Mapping]] = ..., generate: _Optional[_Union[GenerateResponse, _Mapping]] = ..., score: _Optional[_Union[ScoreResponse, _Mapping]] = ..., attribute: _Optional[_Union[AttributeResponse, _Mapping]] = ..., tree_head: _Optional[_Union[TreeHeadResponse, _Mapping]] = ..., inclusion_proof: _Optional[_Union[InclusionProofResponse, _Mapping]] = ..., consistency_proof: _Optional[_Union[ConsistencyProofResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    refusal: Refusal
+    def __init__(self, request_digest: _Optional[bytes] = ..., method: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., model_hash: _Optional[str] = ..., policy_hash: _Optional[str] = ..., server_time_ms: _Optional[int] = ..., item_index: _Optional[int] = ..., whoami: _Optional[_Union[WhoAmIResponse, _Mapping]] = ..., policy: _Optional[_Union[GetPolicyResponse, _Mapping]] = ..., generate: _Optional[_Union[GenerateResponse, _Mapping]] = ..., score: _Optional[_Union[ScoreResponse, _Mapping]] = ..., attribute: _Optional[_Union[AttributeResponse, _Mapping]] = ..., tree_head: _Optional[_Union[TreeHeadResponse, _Mapping]] = ..., inclusion_proof: _Optional[_Union[InclusionProofResponse, _Mapping]] = ..., consistency_proof: _Optional[_Union[ConsistencyProofResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
 
 class SignedTreeHead(_message.Message):
     __slots__ = ("tree_size", "root_hash", "timestamp_ms", "lab_key_id", "signature")
@@ -102,7 +104,7 @@ class WhoAmIRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WhoAmIResponse(_message.Message):
-    __slots__ = ("auditor_id", "role", "methods", "max_top_k", "daily_queries", "queries_left_today", "key_expires_ms")
+    __slots__ = ("auditor_id", "role", "methods", "max_top_k", "daily_queries", "queries_left_today", "key_expires_ms", "withheld_left_today")
     AUDITOR_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +112,7 @@ class WhoAmIResponse(_message.Message):
     DAILY_QUERIES_FIELD_NUMBER: _ClassVar[int]
     QUERIES_LEFT_TODAY_FIELD_NUMBER: _ClassVar[int]
     KEY_EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_LEFT_TODAY_FIELD_NUMBER: _ClassVar[int]
     auditor_id: str
     role: str
     methods: _containers.RepeatedScalarFieldContainer[str]
@@ -117,14 +120,15 @@ class WhoAmIResponse(_message.Message):
     daily_queries: int
     queries_left_today: int
     key_expires_ms: int
-    def __init__(self, auditor_id: _Optional[str] = ..., role: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., max_top_k: _Optional[int] = ..., daily_queries: _Optional[int] = ..., queries_left_today: _Optional[int] = ..., key_expires_ms: _Optional[int] = ...) -> None: ...
+    withheld_left_today: int
+    def __init__(self, auditor_id: _Optional[str] = ..., role: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., max_top_k: _Optional[int] = ..., daily_queries: _Optional[int] = ..., queries_left_today: _Optional[int] = ..., key_expires_ms: _Optional[int] = ..., withheld_left_today: _Optional[int] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetPolicyResponse(_message.Message):
-    __slots__ = ("policy_hash", "role", "disclosure", "methods", "max_top_k", "daily_queries", "max_new_tokens")
+    __slots__ = ("policy_hash", "role", "disclosure", "methods", "max_top_k", "daily_queries", "max_new_tokens", "withheld_budget", "generate_proprietary")
     class DisclosureEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +143,8 @@ class GetPolicyResponse(_message.Message):
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
     DAILY_QUERIES_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WITHHELD_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_PROPRIETARY_FIELD_NUMBER: _ClassVar[int]
     policy_hash: str
     role: str
     disclosure: _containers.ScalarMap[str, str]
@@ -146,7 +152,9 @@ class GetPolicyResponse(_message.Message):
     max_top_k: int
     daily_queries: int
     max_new_tokens: int
-    def __init__(self, policy_hash: _Optional[str] = ..., role: _Optional[str] = ..., disclosure: _Optional[_Mapping[str, str]] = ..., methods: _Optional[_Iterable[str]] = ..., max_top_k: _Optional[int] = ..., daily_queries: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    withheld_budget: int
+    generate_proprietary: str
+    def __init__(self, policy_hash: _Optional[str] = ..., role: _Optional[str] = ..., disclosure: _Optional[_Mapping[str, str]] = ..., methods: _Optional[_Iterable[str]] = ..., max_top_k: _Optional[int] = ..., daily_queries: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., withheld_budget: _Optional[int] = ..., generate_proprietary: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompt", "max_new_tokens", "temperature", "seed")
@@ -161,10 +169,14 @@ class GenerateRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("completion",)
+    __slots__ = ("completion", "constrained_tokens", "scrubbed_items")
     COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCRUBBED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     completion: str
-    def __init__(self, completion: _Optional[str] = ...) -> None: ...
+    constrained_tokens: int
+    scrubbed_items: int
+    def __init__(self, completion: _Optional[str] = ..., constrained_tokens: _Optional[int] = ..., scrubbed_items: _Optional[int] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
     __slots__ = ("prompt", "completion")
@@ -234,18 +246,28 @@ class AttributionResult(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., score: _Optional[float] = ..., data_class: _Optional[str] = ..., disclosure: _Optional[str] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., record_id: _Optional[str] = ..., text: _Optional[str] = ..., span_text: _Optional[str] = ..., module_share: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class AttributeResponse(_message.Message):
-    __slots__ = ("logprob", "results")
+    __slots__ = ("logprob", "results", "logprob_withheld")
     LOGPROB_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_WITHHELD_FIELD_NUMBER: _ClassVar[int]
     logprob: float
     results: _containers.RepeatedCompositeFieldContainer[AttributionResult]
-    def __init__(self, logprob: _Optional[float] = ..., results: _Optional[_Iterable[_Union[AttributionResult, _Mapping]]] = ...) -> None: ...
+    logprob_withheld: bool
+    def __init__(self, logprob: _Optional[float] = ..., results: _Optional[_Iterable[_Union[AttributionResult, _Mapping]]] = ..., logprob_withheld: _Optional[bool] = ...) -> None: ...
 
 class AttributeBatchRequest(_message.Message):
     __slots__ = ("items",)
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[AttributeRequest]
     def __init__(self, items: _Optional[_Iterable[_Union[AttributeRequest, _Mapping]]] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("code", "message")
