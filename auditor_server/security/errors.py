@@ -45,6 +45,10 @@ StatusName = Literal[
 """The gRPC status names an envelope refusal may carry (``grpc.StatusCode[name]``)."""
 
 
+AUTHENTICATION_FAILED = "the request is not signed by a registered key"
+"""One message for an unknown key and a bad signature: the caller must not learn which."""
+
+
 class RequestRejected(InputError):  # noqa: N818 - the name the service imports; reads as a verdict
     """Base class: the lab refuses this request envelope.
 
@@ -86,7 +90,7 @@ class UnknownKey(RequestRejected):
     """No registered key for this (auditor id, key id); deliberately vague about which."""
 
     code = "UNAUTHENTICATED"
-    default_message = "unknown auditor or key"
+    default_message = AUTHENTICATION_FAILED
 
 
 class StaleTimestamp(RequestRejected):
@@ -94,13 +98,14 @@ class StaleTimestamp(RequestRejected):
 
     code = "UNAUTHENTICATED"
     default_message = "request timestamp is outside the accepted window; check your clock"
+    # Fixed text: it used to echo the server's clock, which is not the caller's business.
 
 
 class BadSignature(RequestRejected):
     """The signature does not verify under the registered key."""
 
     code = "UNAUTHENTICATED"
-    default_message = "request signature does not verify"
+    default_message = AUTHENTICATION_FAILED
 
 
 class RevokedKey(RequestRejected):

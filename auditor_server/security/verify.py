@@ -10,13 +10,18 @@ do expensive work nor learn anything about the registry:
    printable, at most 256 characters);
 3. **method**: the envelope's method must be the RPC called, so a signed ``Score`` cannot
    be replayed against ``Attribute``;
-4. **key lookup**: unknown auditor and unknown key get the same refusal;
-5. **timestamp** within ``±window_ms`` of server time (says nothing about the registry);
-6. **signature** over :func:`auditor_client.wire.digests.request_digest`
-   (``Ed25519PublicKey.verify``, constant time);
-7. **revoked**, then **expired**: only now, so the status of a key is told only to whoever
+4. **key lookup and signature together**: the signature over
+   :func:`auditor_client.wire.digests.request_digest` is checked against the registered key,
+   or against a fixed decoy key when no key is registered under that (auditor id, key id),
+   and both failures get the *same* status and message. Looking the key up and refusing
+   before the signature check told anyone holding a public key id whether it was
+   registered (a zero signature got "unknown key" for one and "bad signature" for the
+   other); now the only thing that separates the two is the signature itself;
+5. **timestamp** within ``±window_ms`` of server time, only now, and with a message that
+   echoes nothing (it used to print the server's clock);
+6. **revoked**, then **expired**: only now, so the status of a key is told only to whoever
    holds it, never to someone who merely knows its (public) key id;
-8. **replay**: record (auditor id, nonce) atomically; a duplicate is refused. This comes
+7. **replay**: record (auditor id, nonce) atomically; a duplicate is refused. This comes
    last so that unsigned garbage can never fill the replay cache.
 
 The function does no IO itself apart from the replay store it is handed. Parsing the body
@@ -25,12 +30,13 @@ into the method's message type is the caller's next step (:func:`parse_body`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -166,16 +172,19 @@ def verify_request(
     if env.method != called_method:
         raise MethodMismatch()
     key = _find_key(keys, env.auditor_id, env.key_id)
-    if abs(now_ms - env.timestamp_ms) > window_ms:
-        raise StaleTimestamp(
-            f"request timestamp is more than {window_ms} ms from server time {now_ms}; "
-            "check your clock"
-        )
     digest = signed_request_digest(env)
     try:
-        key.public_key.verify(env.signature, digest)
+        # The decoy makes an unregistered key cost the same verification as a registered one.
+        (key.public_key if key is not None else _DECOY_KEY).verify(env.signature, digest)
+        valid = True
     except InvalidSignature:
-        raise BadSignature() from None
+        valid = False
+    if key is None:
+        raise UnknownKey()
+    if not valid:
+        raise BadSignature()
+    if abs(now_ms - env.timestamp_ms) > window_ms:
+        raise StaleTimestamp()
     if key.revoked:
         raise RevokedKey()
     expires = _as_utc(key.expires)
@@ -268,8 +277,8 @@ def _parse_envelope(raw: bytes) -> pb.SignedRequest:
     return env
 
 
-def _find_key(keys: KeyLookup, auditor_id: str, key_id: str) -> RegisteredKeyLike:
-    """The registered key, or UnknownKey with one message for every way it can be missing.
+def _find_key(keys: KeyLookup, auditor_id: str, key_id: str) -> RegisteredKeyLike | None:
+    """The registered key, or None for every way it can be missing.
 
     The result is also checked to belong to exactly this auditor and key id, so a registry
     that matched loosely (case, prefixes) cannot let one auditor sign as another.
@@ -277,10 +286,18 @@ def _find_key(keys: KeyLookup, auditor_id: str, key_id: str) -> RegisteredKeyLik
     try:
         key = keys.find_key(auditor_id, key_id)
     except LookupError:
-        key = None
+        return None
     if key is None or key.auditor_id != auditor_id or key.key_id != key_id:
-        raise UnknownKey()
+        return None
     return key
+
+
+_DECOY_KEY: Final = Ed25519PrivateKey.from_private_bytes(
+    hashlib.sha256(b"auditor-sandbox decoy key: verifies nothing anyone signed").digest()
+).public_key()
+"""Stands in for a missing key so an unknown key costs one signature check too. Its private
+half is derivable from this source, but it is never registered, so a signature under it
+still ends in UnknownKey."""
 
 
 def _as_utc(moment: datetime | None) -> datetime | None:

@@ -345,6 +345,25 @@ def test_unknown_auditor_and_unknown_key_are_indistinguishable(env: Env) -> None
     assert len(set(messages)) == 1
 
 
+def test_a_registered_key_id_with_a_zero_signature_looks_like_an_unknown_key(env: Env) -> None:
+    """Before the fix the key was looked up before the signature was checked, so a zero
+    signature told anyone whether a (public) key id was registered."""
+    registered = mutate(envelope(), _set("signature", bytes(64)))
+    unregistered = mutate(envelope(key=STRANGER_KEY), _set("signature", bytes(64)))
+    seen = []
+    for raw in (registered, unregistered):
+        with pytest.raises((UnknownKey, BadSignature)) as info:
+            env.verify(raw)
+        seen.append((info.value.code, info.value.message))
+    assert seen[0] == seen[1]
+
+
+def test_the_stale_timestamp_message_does_not_echo_the_server_clock(env: Env) -> None:
+    with pytest.raises(StaleTimestamp) as info:
+        env.verify(signed(ts=NOW - WINDOW - 1))
+    assert str(NOW) not in info.value.message and str(NOW)[:6] not in info.value.message
+
+
 def test_key_status_is_only_told_to_the_key_holder(env: Env) -> None:
     """Someone who knows the revoked key's id but not the key learns nothing about it."""
     forged = mutate(
