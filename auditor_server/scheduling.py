@@ -1,0 +1,208 @@
+"""Fair scheduling of engine work across auditors.
+
+The engine (one torch model with per-call capture state) can do one thing at a time, so
+every request that needs it waits in a queue. With one shared lock, whoever queued most
+got most: eight 64-item batches from one auditor made another auditor's single query wait
+behind 512 forward+backward passes. Here each auditor has its own queue and a single engine
+thread takes work from the auditors **round robin**, one job per auditor per turn, so an
+auditor's wait grows with the number of *auditors* that are busy, not with how much any one
+of them queued.
+
+Attribution jobs that arrive together are run as **one featurize pass** (the engine's
+``attribute_many``): the thread takes the next job round robin and adds every other queued
+attribution job with the same search settings (excluded classes, ``top_k``), still in round
+robin order, up to ``max_batch``. On two cores a pass over eight queries costs far less than
+eight passes, which is what lets a campaign's concurrent workers speed up at all.
+
+A job whose caller has given up (deadline passed, call cancelled) before it starts is
+dropped without running. Only the engine thread touches the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AttributeJob", "EngineScheduler", "SchedulerClosedError"]
+
+
+class SchedulerClosedError(RuntimeError):
+    """Work was submitted after :meth:`EngineScheduler.close`."""
+
+
+@dataclass(frozen=True)
+class AttributeJob:
+    """One attribution query; jobs with equal :attr:`batch_key` can share a featurize pass."""
+
+    prompt: str
+    completion: str
+    top_k: int
+    exclude_classes: frozenset[str]
+
+    @property
+    def batch_key(self) -> tuple[frozenset[str], int]:
+        return (self.exclude_classes, self.top_k)
+
+
+@dataclass
+class _Entry:
+    owner: str
+    work: Callable[[], Any] | AttributeJob
+    future: Future[Any] = field(default_factory=Future)
+
+
+AttributeMany = Callable[[Sequence[tuple[str, str]], int, Collection[str]], list[Any]]
+"""``(pairs, top_k, exclude_classes) -> answers``, the engine's batched attribution."""
+
+
+class EngineScheduler:
+    """One engine thread serving per-auditor queues round robin.
+
+    Args:
+        attribute_many: the engine's batched attribution call.
+        max_batch: most attribution queries in one featurize pass.
+    """
+
+    def __init__(self, attribute_many: AttributeMany, *, max_batch: int = 8) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._attribute_many = attribute_many
+        self._max_batch = max_batch
+        self._queues: OrderedDict[str, deque[_Entry]] = OrderedDict()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.passes = 0
+        """Engine passes run so far (a batched attribution pass counts once)."""
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+
+    # --- submitting ---------------------------------------------------------------------
+
+    def submit(self, owner: str, work: Callable[[], Any] | AttributeJob) -> Future[Any]:
+        """Queue ``work`` for ``owner``; the future holds its result or exception.
+
+        Cancel the future (``future.cancel()``) to drop the job if it has not started.
+        """
+        entry = _Entry(owner, work)
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosedError("the engine scheduler has stopped")
+            self._queues.setdefault(owner, deque()).append(entry)
+            self._cond.notify()
+        return entry.future
+
+    def pending(self, owner: str | None = None) -> int:
+        """Queued (not yet started) jobs, of one owner or of all."""
+        with self._cond:
+            if owner is not None:
+                return len(self._queues.get(owner, ()))
+            return sum(len(q) for q in self._queues.values())
+
+    def close(self) -> None:
+        """Stop the engine thread once the queued work is done; later submits raise."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    # --- the engine thread ------------------------------------------------------------------
+
+    def _next(self) -> list[_Entry] | None:
+        """The next job round robin (plus batchable company); None once closed and idle."""
+        with self._cond:
+            while True:
+                while self._queues:
+                    owner, queue = next(iter(self._queues.items()))
+                    entry = queue.popleft()
+                    self._rotate(owner)
+                    if not entry.future.set_running_or_notify_cancel():
+                        continue  # its caller gave up before it started
+                    batch = [entry]
+                    if isinstance(entry.work, AttributeJob):
+                        batch.extend(self._companions(entry.work.batch_key))
+                    return batch
+                if self._closed:
+                    return None
+                self._cond.wait()
+
+    def _rotate(self, owner: str) -> None:
+        """Send ``owner`` to the back of the turn order (and forget it when idle)."""
+        queue = self._queues.pop(owner)
+        if queue:
+            self._queues[owner] = queue
+
+    def _companions(self, key: tuple[frozenset[str], int]) -> list[_Entry]:
+        """Queued attribution jobs with the same key, taken round robin, up to the batch size."""
+        taken: list[_Entry] = []
+        progress = True
+        while progress and len(taken) + 1 < self._max_batch:
+            progress = False
+            for owner in list(self._queues):
+                if len(taken) + 1 >= self._max_batch:
+                    break
+                queue = self._queues[owner]
+                head = queue[0]
+                if not (isinstance(head.work, AttributeJob) and head.work.batch_key == key):
+                    continue
+                queue.popleft()
+                self._rotate(owner)
+                if head.future.set_running_or_notify_cancel():
+                    taken.append(head)
+                    progress = True
+        return taken
+
+    def _loop(self) -> None:
+        while (batch := self._next()) is not None:
+            self.passes += 1
+            try:
+                self._run(batch)
+            except BaseException as exc:  # the thread must outlive any one job
+                logger.exception("engine job failed outside its future")
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(exc)
+
+    def _run(self, batch: list[_Entry]) -> None:
+        first = batch[0].work
+        if not isinstance(first, AttributeJob):
+            assert len(batch) == 1
+            _settle(batch[0].future, first)
+            return
+        jobs = [e.work for e in batch if isinstance(e.work, AttributeJob)]
+        try:
+            answers = self._attribute_many(
+                [(j.prompt, j.completion) for j in jobs], first.top_k, first.exclude_classes
+            )
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # One bad query must not fail its batch-mates: run each on its own.
+            for entry in batch:
+                job = entry.work
+                assert isinstance(job, AttributeJob)
+                _settle(entry.future, lambda job=job: self._single(job))  # type: ignore[misc]
+            return
+        for entry, answer in zip(batch, answers, strict=True):
+            entry.future.set_result(answer)
+
+    def _single(self, job: AttributeJob) -> Any:
+        pairs = [(job.prompt, job.completion)]
+        (answer,) = self._attribute_many(pairs, job.top_k, job.exclude_classes)
+        return answer
+
+
+def _settle(future: Future[Any], work: Callable[[], Any]) -> None:
+    try:
+        result = work()
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
