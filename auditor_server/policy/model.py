@@ -79,6 +79,15 @@ class Limits:
     """Longest prompt (and completion) accepted, in characters."""
     snippet_chars: int = 160
     """Length of a ``snippet`` disclosure: the window shown around the matched span."""
+    max_concurrent_per_auditor: int = 4
+    """Most model-channel calls (Generate, Score, Attribute, AttributeBatch) one auditor may
+    have in flight; more are refused at once, so one auditor cannot hold every worker."""
+    call_deadline_s: int = 120
+    """Longest any call may run, and the deadline of calls and streams that bring none (a
+    stream nobody reads would otherwise hold a worker for ever)."""
+    unauthenticated_per_minute: int = 30
+    """Failed authentications one peer address may make per minute before its requests are
+    refused unparsed for the rest of that minute."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +104,14 @@ class Role:
     """Billable queries (generate, score, attribute; per batch item) per UTC day."""
     max_new_tokens: int
     """Largest ``max_new_tokens`` a generate request may ask for."""
+    withheld_budget: int = 20
+    """Requests per UTC day whose text may touch withheld training text (a Score refused,
+    or an Attribute answered without its log-probability, for that reason) before the
+    auditor's model-channel methods are suspended for the rest of the day. Each such
+    refusal answers a membership question about withheld text, so they are rationed."""
+    generate_proprietary: Literal["allow", "withhold"] = "allow"
+    """Whether Generate may reproduce proprietary training text (``withhold`` steers
+    decoding away from it as from private text)."""
     disclosure: Mapping[str, DisclosureLevel]
     """Resolved disclosure for every data class: the role's override, else the default."""
 
@@ -261,6 +278,17 @@ class Policy:
         levels = self.role(role).disclosure
         return frozenset(c for c in DATA_CLASSES if levels.get(c, "none") == "none")
 
+    def generation_withheld_classes(self, role: str) -> frozenset[str]:
+        """Data classes whose training text ``role``'s Generate calls may not reproduce.
+
+        The hidden classes, plus ``proprietary`` where the role's ``generate_proprietary`` is
+        ``withhold``.
+        """
+        hidden = self.hidden_classes(role)
+        if self.role(role).generate_proprietary == "withhold":
+            return hidden | {"proprietary"}
+        return hidden
+
 
 # ---------------------------------------------------------------------------- YAML
 
@@ -335,6 +363,8 @@ def _build(doc: dict[str, Any], source: str, base_dir: Path | None) -> Policy:
             max_top_k=spec["max_top_k"],
             daily_queries=spec["daily_queries"],
             max_new_tokens=spec["max_new_tokens"],
+            withheld_budget=spec.get("withheld_budget", 20),
+            generate_proprietary=spec.get("generate_proprietary", "allow"),
             disclosure=MappingProxyType(levels),
         )
 
@@ -357,6 +387,9 @@ def _build(doc: dict[str, Any], source: str, base_dir: Path | None) -> Policy:
             "max_batch_items": limits.max_batch_items,
             "max_prompt_chars": limits.max_prompt_chars,
             "snippet_chars": limits.snippet_chars,
+            "max_concurrent_per_auditor": limits.max_concurrent_per_auditor,
+            "call_deadline_s": limits.call_deadline_s,
+            "unauthenticated_per_minute": limits.unauthenticated_per_minute,
         },
         "disclosure": dict(resolved_default),
         "roles": {
@@ -365,6 +398,8 @@ def _build(doc: dict[str, Any], source: str, base_dir: Path | None) -> Policy:
                 "max_top_k": r.max_top_k,
                 "daily_queries": r.daily_queries,
                 "max_new_tokens": r.max_new_tokens,
+                "withheld_budget": r.withheld_budget,
+                "generate_proprietary": r.generate_proprietary,
                 "disclosure": dict(r.disclosure),
             }
             for r in roles.values()

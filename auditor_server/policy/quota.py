@@ -139,6 +139,29 @@ class QuotaStore:
                 raise
         return QuotaDecision(allowed=allowed, used=used, remaining=max(0, limit - used))
 
+    def refund(self, auditor_id: str, n: int = 1, now: float | datetime | None = None) -> None:
+        """Give back ``n`` queries counted today whose answers never left the lab.
+
+        A query is counted before the engine runs (so concurrent requests cannot overdraw
+        the quota); when the answer is then not delivered (deadline passed, call cancelled,
+        internal error) the auditor gets the query back. Never goes below zero.
+        """
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        day = _day(now)
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    "UPDATE quota_usage SET used = MAX(0, used - ?) "
+                    "WHERE auditor_id = ? AND day = ?",
+                    (n, auditor_id, day),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
     def remaining(self, auditor_id: str, limit: int, now: float | datetime | None = None) -> int:
         """Queries ``auditor_id`` may still make today under ``limit`` (never negative)."""
         with self._lock:

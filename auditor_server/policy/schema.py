@@ -53,6 +53,9 @@ _LIMITS: dict[str, Any] = {
         "max_batch_items": {"type": "integer", "minimum": 1, "maximum": 1024},
         "max_prompt_chars": {"type": "integer", "minimum": 1, "maximum": 100_000},
         "snippet_chars": {"type": "integer", "minimum": 16, "maximum": 4000},
+        "max_concurrent_per_auditor": {"type": "integer", "minimum": 1, "maximum": 256},
+        "call_deadline_s": {"type": "integer", "minimum": 1, "maximum": 3600},
+        "unauthenticated_per_minute": {"type": "integer", "minimum": 1, "maximum": 100_000},
     },
 }
 
@@ -69,6 +72,8 @@ _ROLE: dict[str, Any] = {
         "max_top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
         "daily_queries": {"type": "integer", "minimum": 0, "maximum": 10_000_000},
         "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 4096},
+        "withheld_budget": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+        "generate_proprietary": {"enum": ["allow", "withhold"]},
         "disclosure": _DISCLOSURE,
     },
 }

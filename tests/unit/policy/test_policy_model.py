@@ -107,6 +107,9 @@ def test_limits_defaults_are_pinned() -> None:
         max_batch_items=64,
         max_prompt_chars=4000,
         snippet_chars=160,
+        max_concurrent_per_auditor=4,
+        call_deadline_s=120,
+        unauthenticated_per_minute=30,
     )
     doc = _mutated(lambda d: d.pop("limits"))
     assert _load(doc).limits == Limits()
@@ -328,6 +331,11 @@ def test_cosmetic_edits_keep_the_hash(tmp_path: Path) -> None:
         _set("auditors/1/keys/0/key", KEY_C),
         _set("auditors/1/role", "regulator"),
         _set("roles/third_party/disclosure/public", "full_text"),
+        _set("roles/third_party/withheld_budget", 3),
+        _set("roles/third_party/generate_proprietary", "withhold"),
+        _set("limits/max_concurrent_per_auditor", 2),
+        _set("limits/call_deadline_s", 30),
+        _set("limits/unauthenticated_per_minute", 5),
     ],
 )
 def test_meaningful_edits_change_the_hash(change: Callable[[dict[str, Any]], None]) -> None:
@@ -386,3 +394,22 @@ def test_disclosure_queries() -> None:
         policy.role("ghost")
     with pytest.raises(PolicyError, match="no role named"):
         policy.hidden_classes("ghost")
+
+
+def test_model_channel_settings_per_role() -> None:
+    policy = _load(
+        _mutated(
+            lambda d: d["roles"]["third_party"].update(
+                withheld_budget=3, generate_proprietary="withhold"
+            )
+        )
+    )
+    assert policy.role("regulator").withheld_budget == 20  # the default
+    assert policy.role("regulator").generate_proprietary == "allow"
+    assert policy.role("third_party").withheld_budget == 3
+    assert policy.generation_withheld_classes("regulator") == {"private"}
+    assert policy.generation_withheld_classes("third_party") == {"private", "proprietary"}
+    with pytest.raises(PolicyError, match="generate_proprietary"):
+        _load(_mutated(_set("roles/regulator/generate_proprietary", "sometimes")))
+    with pytest.raises(PolicyError, match="withheld_budget"):
+        _load(_mutated(_set("roles/regulator/withheld_budget", -1)))

@@ -93,3 +93,18 @@ def test_threads_and_connections_never_exceed_the_limit(tmp_path: Path) -> None:
     assert stores[0].used("a", now=NOON) == limit
     for store in stores:
         store.close()
+
+
+def test_refund_gives_back_undelivered_queries_but_never_below_zero(tmp_path: Path) -> None:
+    with QuotaStore.open(tmp_path / "q.db") as store:
+        assert store.try_consume("a", 3, n=3, now=NOON).allowed
+        assert not store.try_consume("a", 3, now=NOON).allowed
+        store.refund("a", now=NOON)
+        assert store.remaining("a", 3, now=NOON) == 1
+        assert store.try_consume("a", 3, now=NOON).allowed
+        store.refund("a", n=10, now=NOON)
+        assert store.used("a", now=NOON) == 0
+        store.refund("nobody", now=NOON)  # nothing counted: nothing to give back
+        assert store.used("nobody", now=NOON) == 0
+        with pytest.raises(ValueError):
+            store.refund("a", n=0, now=NOON)
