@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from auditor_client.campaign.suites.bias import BiasSuite
 from auditor_client.campaign.suites.copyright import CopyrightSuite
+from auditor_client.campaign.suites.privacy import PrivacySuite
 from auditor_client.campaign.suites.toxicity import ToxicitySuite
 from auditor_client.campaign.types import Suite
 
@@ -15,6 +16,7 @@ SUITES: dict[str, Suite] = {
     "copyright": CopyrightSuite(),
     "bias": BiasSuite(),
     "toxicity": ToxicitySuite(),
+    "privacy": PrivacySuite(),
 }
 
-__all__ = ["SUITES", "BiasSuite", "CopyrightSuite", "ToxicitySuite"]
+__all__ = ["SUITES", "BiasSuite", "CopyrightSuite", "PrivacySuite", "ToxicitySuite"]
