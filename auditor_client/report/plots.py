@@ -167,6 +167,7 @@ def _gaps(gaps: Sequence[Any]) -> Any:
         capsize=3,
     )
     ax.set_yticks(y, [r[0] for r in rows])
+    ax.set_ylim(-0.5, len(rows) - 0.5)  # half a row of room: no marker sits on the frame
     ax.axvline(0.0, color="#888888", linewidth=0.8)
     ax.set_xlabel("mean log-probability gap between groups (95% CI)")
     ax.set_title("bias: gaps per template")
