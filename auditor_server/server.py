@@ -63,8 +63,11 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 50051
     tls: TLSFiles | None = None
-    max_workers: int = 8
-    max_concurrent_rpcs: int = 32
+    max_workers: int = 16
+    max_concurrent_rpcs: int = 64
+    reserved_workers: int = 4
+    """Worker threads model-channel calls may never take, so WhoAmI, GetPolicy and proofs
+    always find one free however many auditors are running the model."""
 
 
 def open_service(
@@ -88,6 +91,7 @@ def open_service(
 
 def build_server(service: AuditService, options: ServerOptions) -> tuple[grpc.Server, int]:
     """A started-ready (not yet started) server and the port it is bound to."""
+    service.max_model_calls = max(1, options.max_workers - options.reserved_workers)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers),
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,

@@ -5,22 +5,40 @@ request bytes (the handlers are registered with no request deserializer): the si
 enforced before anything is parsed, and a request that cannot even be parsed still gets a
 specific status and a ledger entry.
 
-Every request handled, accepted or rejected, appends one ledger leaf. An accepted request is
-answered with a lab-signed ``ResponseBody`` and a receipt proving that leaf is in the log; a
-rejected one gets a gRPC status whose message leaks nothing, and the leaf index in the
-trailing metadata (``x-ledger-leaf``) so the auditor can ask for its proof.
+Every *authenticated* request (a valid signature from a registered, current key) appends
+one ledger leaf, answered or refused. An answer is a lab-signed ``ResponseBody`` with a
+receipt proving its leaf is in the log; a refusal is a gRPC status with fixed text, and the
+same signed, logged proof: a ``ResponseBody`` whose result is a ``Refusal``, in the trailing
+metadata ``x-signed-refusal-bin`` (and its leaf index in ``x-ledger-leaf``), so a report can
+prove the lab declined. Requests that fail authentication never reach the ledger: anyone
+who can reach the port could otherwise grow the lab's permanent log for ever. They are
+counted per peer, rate-limited and logged to the process log instead.
+
+Engine work goes through :class:`~auditor_server.scheduling.EngineScheduler` (round robin
+across auditors, concurrent attribution batched into one pass); each auditor may have only
+``limits.max_concurrent_per_auditor`` model-channel calls in flight, and every call runs
+under a deadline (the caller's, capped by ``limits.call_deadline_s``), so no auditor can
+hold the workers or the engine hostage. Cheap RPCs never touch the engine queue.
+
+The model channel obeys the policy too (:mod:`auditor_server.policy.guard`): Generate is
+decoded so that it cannot reproduce withheld training text, and a log-probability of text
+that touches withheld training text is never returned.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import Message
@@ -30,23 +48,77 @@ from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.envelope import sign_response
 from auditor_client.wire.receipts import answer_status
 from auditor_server.corpus.records import DATA_CLASSES
-from auditor_server.errors import InputError, SandboxError
+from auditor_server.errors import ConfigError, InputError, SandboxError
 from auditor_server.ledger.log import Ledger
 from auditor_server.policy.disclose import DisclosedResult, disclose
 from auditor_server.policy.model import Policy
 from auditor_server.policy.quota import QuotaStore
-from auditor_server.policy.scrub import scrub
+from auditor_server.policy.scrub import find_pii, scrub, scrub_range
+from auditor_server.scheduling import AttributeJob, EngineScheduler
 from auditor_server.security.errors import MethodNotAllowed, RequestRejected
 from auditor_server.security.lab_keys import LabKey
 from auditor_server.security.replay import ReplayCache
+from auditor_server.security.unauth import UnauthenticatedLimiter, peer_host
 from auditor_server.security.verify import VerifiedRequest, parse_body, verify_request
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "auditor.v1.AuditService"
 LEDGER_TRAILER = "x-ledger-leaf"
+REFUSAL_TRAILER = "x-signed-refusal-bin"
+"""Trailing metadata holding the signed, logged refusal (a serialized ``SignedResponse``)."""
 BILLABLE = frozenset({"Generate", "Score", "Attribute", "AttributeBatch"})
 """Methods that consume the daily query quota (per item for a batch)."""
+MODEL_CHANNEL = BILLABLE
+"""Methods that run the model: capped per auditor, and suspended when the auditor has used
+up its daily budget of requests touching withheld text."""
+
+# Refusal texts are fixed: they never echo what the auditor sent, nor the server's state.
+WITHHELD_TEXT: Final = "the text touches training data this policy withholds"
+SUSPENDED: Final = (
+    "model-channel methods are suspended until 00:00 UTC: the daily budget of requests "
+    "touching withheld training data is used up"
+)
+TOO_MANY_CONCURRENT: Final = (
+    "too many model-channel calls are in flight (yours, or all auditors'); retry when one "
+    "has finished"
+)
+TOO_MANY_UNAUTHENTICATED: Final = (
+    "too many unauthenticated requests from this address; try again in a minute"
+)
+DEADLINE_PASSED: Final = "the deadline passed before the answer was ready"
+MODEL_INPUT: Final = (
+    "the model cannot process this request (empty after tokenization, or longer than its "
+    "context)"
+)
+INTERNAL: Final = "internal error; the lab has been notified"
+MIN_SAMPLING_TEMPERATURE: Final = 1e-3
+"""Below this (but above 0) a temperature is refused: the softmax overflows long before 0."""
+
+
+@dataclass(frozen=True)
+class Defences:
+    """Which defences are on. ``auditor-server serve`` always runs with every one on; there
+    is no flag or setting to turn one off. Tests build a service with one switched off to
+    show that the attack it stops succeeds without it (``tests/adversarial/``).
+
+    Attributes:
+        withheld_guard: Generate is decoded away from withheld training text, and Score (and
+            any log-probability) of text touching it is refused.
+        logprob_gate: Attribute answers carry the log-probability only for roles granted
+            Score.
+        scrub_joined: the scrubber sees prompt + output together (not the output alone).
+        unauthenticated_off_ledger: failed authentications are counted and rate-limited
+            per peer instead of being appended to the ledger.
+        fair_scheduling: per-auditor concurrency caps, round-robin engine queue, batching
+            and server-side deadlines (off: one engine lock, first come first served).
+    """
+
+    withheld_guard: bool = True
+    logprob_gate: bool = True
+    scrub_joined: bool = True
+    unauthenticated_off_ledger: bool = True
+    fair_scheduling: bool = True
 
 REQUEST_TYPES: dict[str, type[Message]] = {
     "WhoAmI": pb.WhoAmIRequest,
@@ -83,11 +155,15 @@ class Engine(Protocol):
     manifest: dict[str, Any]
     catalog: Any
 
+    @property
+    def shingle_sets(self) -> Any:
+        """The index's withheld-text shingles (``ShingleSets``), or None if it has none."""
+
     def attribute_many(
         self, pairs: Any, *, top_k: int = 10, exclude_classes: Any = ()
     ) -> list[Any]: ...
 
-    def generate(self, prompt: str, **kwargs: Any) -> str: ...
+    def generate_constrained(self, prompt: str, *, guard: Any, **kwargs: Any) -> Any: ...
 
     def score(self, prompt: str, completion: str) -> Any: ...
 
@@ -115,6 +191,51 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _withheld_key(auditor_id: str) -> str:
+    """The quota-store counter of an auditor's requests touching withheld text.
+
+    Auditor ids are printable, so a NUL-separated name cannot collide with one.
+    """
+    return f"\x00withheld\x00{auditor_id}"
+
+
+@dataclass
+class _Call:
+    """One authenticated call in progress: who, under which policy, until when."""
+
+    verified: VerifiedRequest
+    policy: Policy
+    context: grpc.ServicerContext
+    deadline_at: float
+    """``time.monotonic()`` after which no more engine work is started for this call."""
+
+    def remaining_s(self) -> float:
+        return self.deadline_at - time.monotonic()
+
+
+@dataclass
+class _Slots:
+    """Model-channel calls in flight per auditor."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    busy: dict[str, int] = field(default_factory=dict)
+
+    def acquire(self, owner: str, limit: int, total_limit: int) -> bool:
+        with self.lock:
+            if self.busy.get(owner, 0) >= limit or sum(self.busy.values()) >= total_limit:
+                return False
+            self.busy[owner] = self.busy.get(owner, 0) + 1
+            return True
+
+    def release(self, owner: str) -> None:
+        with self.lock:
+            left = self.busy.get(owner, 0) - 1
+            if left > 0:
+                self.busy[owner] = left
+            else:
+                self.busy.pop(owner, None)
+
+
 class AuditService:
     """Handles every RPC; the gRPC glue (:func:`generic_handler`) stays a thin shell.
 
@@ -134,6 +255,7 @@ class AuditService:
         replay: ReplayCache,
         quota: QuotaStore,
         clock: Callable[[], int] = _now_ms,
+        defences: Defences | None = None,
     ) -> None:
         self.engine = engine
         self._policy = policy
@@ -143,8 +265,27 @@ class AuditService:
         self.replay = replay
         self.quota = quota
         self.clock = clock
+        self.defences = defences if defences is not None else Defences()
         self._engine_lock = threading.Lock()
         self.model_hash = str(engine.manifest.get("model_hash", ""))
+        self.unauthenticated = UnauthenticatedLimiter(
+            max_failures=policy.limits.unauthenticated_per_minute, window_s=60.0
+        )
+        self._slots = _Slots()
+        self.max_model_calls = 12
+        """Model-channel calls in flight across all auditors; the server sets it to its
+        worker threads minus a reserve, so cheap RPCs never wait for a thread."""
+        self.scheduler = EngineScheduler(
+            lambda pairs, top_k, excluded: engine.attribute_many(
+                pairs, top_k=top_k, exclude_classes=excluded
+            )
+        )
+        self._shingles = engine.shingle_sets if self.defences.withheld_guard else None
+        if self.defences.withheld_guard and self._shingles is None:
+            raise ConfigError(
+                "the index has no withheld-text guard; build one with "
+                "`auditor-server guard --index INDEX_DIR` before serving it"
+            )
 
     @classmethod
     def open(
@@ -155,6 +296,7 @@ class AuditService:
         policy_path: Path | None,
         lab_key: LabKey,
         state_dir: Path,
+        defences: Defences | None = None,
     ) -> AuditService:
         """A service over ``engine`` keeping its durable state in ``state_dir``.
 
@@ -173,10 +315,12 @@ class AuditService:
                 paths.replay, window_ms=policy.limits.timestamp_window_s * 1000
             ),
             quota=QuotaStore.open(paths.quota),
+            defences=defences,
         )
 
     def close(self) -> None:
         """Release the durable stores and the engine (the server has stopped serving)."""
+        self.scheduler.close()
         for resource in (self.ledger, self.replay, self.quota, self.engine):
             close = getattr(resource, "close", None)
             if close is not None:
@@ -202,6 +346,7 @@ class AuditService:
             logger.error("policy reload refused, keeping %s: %s", self._policy.policy_hash, exc)
             return False
         old, self._policy = self._policy, new
+        self.unauthenticated.max_failures = new.limits.unauthenticated_per_minute
         logger.warning("policy reloaded: %s -> %s", old.policy_hash, new.policy_hash)
         return True
 
@@ -210,15 +355,18 @@ class AuditService:
     def unary(self, method: str, raw: bytes, context: grpc.ServicerContext) -> pb.SignedResponse:
         """Handle one unary RPC; aborts the call with a specific status on any refusal."""
         policy = self._policy
+        verified = self._authenticate(method, raw, policy, context)
+        call = self._start_call(verified, policy, context)
         try:
-            verified, request = self._admit(method, raw, policy)
+            request = self._authorize(verified, method, policy)
             handler = getattr(self, f"_do_{method}")
-            result_field, result = handler(verified, request, policy, context)
+            with self._model_slot(call, method):
+                result_field, result = handler(verified, request, policy, call)
         except (RequestRejected, RefusalError) as exc:
-            self._refuse(raw, exc.code, exc.message, context)
+            self._refuse(call, exc.code, exc.message)
         except Exception:
             logger.exception("internal error handling %s", method)
-            self._refuse(raw, "INTERNAL", "internal error; the lab has been notified", context)
+            self._refuse(call, "INTERNAL", INTERNAL)
         return self._answer(verified, policy, result_field, result)
 
     def stream(
@@ -228,80 +376,169 @@ class AuditService:
 
         A refusal of the whole request aborts the stream before any answer; a refusal of one
         item (its quota ran out) is answered in-band with a signed ``ItemError``, so the
-        auditor still gets, and can prove, everything that was answered.
+        auditor still gets, and can prove, everything that was answered. A stream that is
+        not read is cancelled at its deadline, releasing its worker and its slot.
         """
         policy = self._policy
+        verified = self._authenticate(method, raw, policy, context)
+        call = self._start_call(verified, policy, context)
+        watchdog: threading.Timer | None = None
+        slot = None
         try:
-            verified, request = self._admit(method, raw, policy)
+            request = self._authorize(verified, method, policy)
             assert isinstance(request, pb.AttributeBatchRequest)
             limit = policy.limits.max_batch_items
             if not 1 <= len(request.items) <= limit:
-                raise RefusalError(
-                    "INVALID_ARGUMENT",
-                    f"a batch holds 1 to {limit} items, got {len(request.items)}",
-                )
+                raise RefusalError("INVALID_ARGUMENT", f"a batch holds 1 to {limit} items")
             for item in request.items:
                 self._check_attribute(item, policy, verified.role)
+            self._check_not_suspended(verified, policy)
+            slot = self._model_slot(call, method)
+            slot.__enter__()
         except (RequestRejected, RefusalError) as exc:
-            self._refuse(raw, exc.code, exc.message, context)
-        for index, item in enumerate(request.items):
-            if not context.is_active():
-                return
-            field: str
-            result: Message
-            try:
-                self._consume_quota(verified, policy, 1)
-                field, result = "attribute", self._attribute(item, policy, verified.role, context)
-            except RefusalError as exc:
-                field, result = "error", pb.ItemError(code=exc.code, message=exc.message)
-            except Exception:
-                logger.exception("internal error in batch item %d", index)
-                field, result = "error", pb.ItemError(code="INTERNAL", message="internal error")
-            yield self._answer(verified, policy, field, result, item_index=index)
+            self._refuse(call, exc.code, exc.message)
+        if self.defences.fair_scheduling:
+            # gRPC blocks a generator whose client stops reading; only cancelling the call
+            # frees the worker thread, so the deadline is enforced from outside.
+            watchdog = threading.Timer(max(0.0, call.remaining_s()), context.cancel)
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            for index, item in enumerate(request.items):
+                if not context.is_active():
+                    return
+                field_name: str
+                result: Message
+                try:
+                    with self._charged(verified, policy, 1):
+                        field_name, result = "attribute", self._attribute(item, call)
+                except RefusalError as exc:
+                    field_name, result = "error", pb.ItemError(code=exc.code, message=exc.message)
+                except Exception:
+                    logger.exception("internal error in batch item %d", index)
+                    field_name, result = "error", pb.ItemError(code="INTERNAL", message=INTERNAL)
+                yield self._answer(verified, policy, field_name, result, item_index=index)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            if slot is not None:
+                slot.__exit__(None, None, None)
 
     # --- admission --------------------------------------------------------------------------
 
-    def _admit(self, method: str, raw: bytes, policy: Policy) -> tuple[VerifiedRequest, Message]:
-        """Verify the envelope, the role's right to the method, and parse the body."""
-        verified = verify_request(
-            raw,
-            called_method=method,
-            keys=policy,
-            replay=self.replay,
-            now_ms=self.clock(),
-            window_ms=policy.limits.timestamp_window_s * 1000,
-            max_request_bytes=policy.limits.max_request_bytes,
-        )
+    def _authenticate(
+        self, method: str, raw: bytes, policy: Policy, context: grpc.ServicerContext
+    ) -> VerifiedRequest:
+        """Verify the envelope, or refuse without touching the ledger (never returns then)."""
+        peer = peer_host(context.peer() or "")
+        off_ledger = self.defences.unauthenticated_off_ledger
+        if off_ledger and self.unauthenticated.blocked(peer):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_UNAUTHENTICATED)
+        try:
+            return verify_request(
+                raw,
+                called_method=method,
+                keys=policy,
+                replay=self.replay,
+                now_ms=self.clock(),
+                window_ms=policy.limits.timestamp_window_s * 1000,
+                max_request_bytes=policy.limits.max_request_bytes,
+            )
+        except RequestRejected as exc:
+            if not off_ledger:
+                self._refuse_unsigned(raw, exc.code, exc.message, context)
+            self.unauthenticated.record(peer, type(exc).__name__)
+            context.abort(grpc.StatusCode[exc.code], exc.message)
+            raise AssertionError("grpc's abort() returned") from None  # pragma: no cover
+
+    def _start_call(
+        self, verified: VerifiedRequest, policy: Policy, context: grpc.ServicerContext
+    ) -> _Call:
+        budget = float(policy.limits.call_deadline_s)
+        remaining = context.time_remaining()
+        if remaining is not None and math.isfinite(remaining):
+            budget = min(budget, remaining)
+        return _Call(verified, policy, context, time.monotonic() + budget)
+
+    def _authorize(self, verified: VerifiedRequest, method: str, policy: Policy) -> Message:
+        """The role's right to the method, then the body parsed."""
         if not policy.role(verified.role).allows(method):
             raise MethodNotAllowed()
-        request = parse_body(verified, REQUEST_TYPES[method])
-        return verified, request
+        return parse_body(verified, REQUEST_TYPES[method])
 
-    def _consume_quota(self, verified: VerifiedRequest, policy: Policy, n: int) -> None:
+    @contextmanager
+    def _model_slot(self, call: _Call, method: str) -> Iterator[None]:
+        """Hold one of the auditor's model-channel slots for the duration of the call."""
+        if method not in MODEL_CHANNEL or not self.defences.fair_scheduling:
+            yield
+            return
+        owner = call.verified.auditor_id
+        per_auditor = call.policy.limits.max_concurrent_per_auditor
+        if not self._slots.acquire(owner, per_auditor, self.max_model_calls):
+            raise RefusalError("RESOURCE_EXHAUSTED", TOO_MANY_CONCURRENT)
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                self._slots.release(owner)
+
+        call.context.add_callback(release)  # also when the client goes away mid-call
+        try:
+            yield
+        finally:
+            release()
+
+    @contextmanager
+    def _charged(self, verified: VerifiedRequest, policy: Policy, n: int) -> Iterator[None]:
+        """Count ``n`` billable queries; give them back if no answer comes of them."""
         role = policy.role(verified.role)
-        decision = self.quota.try_consume(
-            verified.auditor_id, role.daily_queries, n=n, now=self.clock() / 1000
-        )
+        now = self.clock() / 1000
+        decision = self.quota.try_consume(verified.auditor_id, role.daily_queries, n=n, now=now)
         if not decision.allowed:
             raise RefusalError(
                 "RESOURCE_EXHAUSTED",
                 f"daily query quota of {role.daily_queries} used up; it resets at 00:00 UTC",
             )
+        try:
+            yield
+        except BaseException:
+            self.quota.refund(verified.auditor_id, n, now=now)
+            raise
 
-    def _check_deadline(self, context: grpc.ServicerContext) -> None:
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            raise RefusalError(
-                "DEADLINE_EXCEEDED", "the deadline passed before the answer was ready"
-            )
+    def _check_not_suspended(self, verified: VerifiedRequest, policy: Policy) -> None:
+        if not self.defences.withheld_guard:
+            return
+        budget = policy.role(verified.role).withheld_budget
+        used = self.quota.used(_withheld_key(verified.auditor_id), now=self.clock() / 1000)
+        if used > budget:
+            raise RefusalError("PERMISSION_DENIED", SUSPENDED)
+
+    def _spend_withheld(self, verified: VerifiedRequest) -> None:
+        """Count one request that touched withheld text (one more is a suspension)."""
+        self.quota.try_consume(
+            _withheld_key(verified.auditor_id), 2**62, n=1, now=self.clock() / 1000
+        )
+
+    def _guard(self, classes: frozenset[str]) -> Any:
+        """The withheld-text guard for ``classes``, or None when the defence is off."""
+        if self._shingles is None:
+            return None
+        return self._shingles.guard_for(classes)
+
+    def _touches_withheld(self, text: str, call: _Call) -> bool:
+        guard = self._guard(call.policy.hidden_classes(call.verified.role))
+        return guard is not None and bool(guard.touches(text))
 
     # --- methods ----------------------------------------------------------------------------
 
     def _do_WhoAmI(  # noqa: N802 (named after the RPC)
-        self, v: VerifiedRequest, _: Message, policy: Policy, __: grpc.ServicerContext
+        self, v: VerifiedRequest, _: Message, policy: Policy, __: _Call
     ) -> tuple[str, Message]:
         role = policy.role(v.role)
-        left = self.quota.remaining(v.auditor_id, role.daily_queries, now=self.clock() / 1000)
+        now = self.clock() / 1000
+        left = self.quota.remaining(v.auditor_id, role.daily_queries, now=now)
+        touched = self.quota.used(_withheld_key(v.auditor_id), now=now)
         expires = v.key_expires
         return "whoami", pb.WhoAmIResponse(
             auditor_id=v.auditor_id,
@@ -311,10 +548,11 @@ class AuditService:
             daily_queries=role.daily_queries,
             queries_left_today=left,
             key_expires_ms=int(expires.timestamp() * 1000) if expires is not None else 0,
+            withheld_left_today=max(0, role.withheld_budget - touched),
         )
 
     def _do_GetPolicy(  # noqa: N802
-        self, v: VerifiedRequest, _: Message, policy: Policy, __: grpc.ServicerContext
+        self, v: VerifiedRequest, _: Message, policy: Policy, __: _Call
     ) -> tuple[str, Message]:
         role = policy.role(v.role)
         return "policy", pb.GetPolicyResponse(
@@ -325,10 +563,12 @@ class AuditService:
             max_top_k=role.max_top_k,
             daily_queries=role.daily_queries,
             max_new_tokens=role.max_new_tokens,
+            withheld_budget=role.withheld_budget,
+            generate_proprietary=role.generate_proprietary,
         )
 
     def _do_Generate(  # noqa: N802
-        self, v: VerifiedRequest, req: Message, policy: Policy, ctx: grpc.ServicerContext
+        self, v: VerifiedRequest, req: Message, policy: Policy, call: _Call
     ) -> tuple[str, Message]:
         assert isinstance(req, pb.GenerateRequest)
         role = policy.role(v.role)
@@ -338,49 +578,75 @@ class AuditService:
                 "INVALID_ARGUMENT",
                 f"max_new_tokens must be between 1 and {role.max_new_tokens} for your role",
             )
-        if not 0.0 <= req.temperature <= 10.0:
-            raise RefusalError("INVALID_ARGUMENT", "temperature must be between 0 and 10")
-        self._consume_quota(v, policy, 1)
-        text = self._run(
-            ctx,
-            lambda: self.engine.generate(
-                req.prompt,
-                max_new_tokens=req.max_new_tokens,
-                temperature=float(req.temperature),
-                seed=int(req.seed),
-            ),
-        )
+        temperature = float(req.temperature)
+        if not (temperature == 0.0 or MIN_SAMPLING_TEMPERATURE <= temperature <= 10.0):
+            raise RefusalError(
+                "INVALID_ARGUMENT",
+                f"temperature must be 0 (greedy) or between {MIN_SAMPLING_TEMPERATURE} and 10",
+            )
+        self._check_not_suspended(v, policy)
+        guard = self._guard(policy.generation_withheld_classes(v.role))
+        with self._charged(v, policy, 1):
+            generated = self._run(
+                call,
+                lambda: self.engine.generate_constrained(
+                    req.prompt,
+                    guard=guard,
+                    max_new_tokens=req.max_new_tokens,
+                    temperature=temperature,
+                    seed=int(req.seed),
+                ),
+            )
         # The model saw private records in training; what it says is scrubbed like any text
-        # that leaves the lab.
-        return "generate", pb.GenerateResponse(completion=scrub(text))
+        # that leaves the lab, together with the end of the prompt, so an address split
+        # across prompt and output (a chained request) is still recognized.
+        text = str(generated.text)
+        if self.defences.scrub_joined:
+            joined = req.prompt + text
+            cut = len(req.prompt)
+            scrubbed = sum(1 for m in find_pii(joined) if m.end > cut)
+            completion = scrub_range(joined, cut, len(joined))
+        else:
+            completion = scrub(text)
+            scrubbed = len(find_pii(text))
+        return "generate", pb.GenerateResponse(
+            completion=completion,
+            constrained_tokens=int(generated.banned_tokens),
+            scrubbed_items=scrubbed,
+        )
 
     def _do_Score(  # noqa: N802
-        self, v: VerifiedRequest, req: Message, policy: Policy, ctx: grpc.ServicerContext
+        self, v: VerifiedRequest, req: Message, policy: Policy, call: _Call
     ) -> tuple[str, Message]:
         assert isinstance(req, pb.ScoreRequest)
         self._check_prompt(req.prompt, policy)
         self._check_completion(req.completion, policy)
-        self._consume_quota(v, policy, 1)
-        result = self._run(ctx, lambda: self.engine.score(req.prompt, req.completion))
+        self._check_not_suspended(v, policy)
+        if self._touches_withheld(req.prompt + req.completion, call):
+            self._spend_withheld(v)
+            raise RefusalError("PERMISSION_DENIED", WITHHELD_TEXT)
+        with self._charged(v, policy, 1):
+            result = self._run(call, lambda: self.engine.score(req.prompt, req.completion))
         return "score", pb.ScoreResponse(
             logprob=result.logprob, completion_tokens=result.num_tokens
         )
 
     def _do_Attribute(  # noqa: N802
-        self, v: VerifiedRequest, req: Message, policy: Policy, ctx: grpc.ServicerContext
+        self, v: VerifiedRequest, req: Message, policy: Policy, call: _Call
     ) -> tuple[str, Message]:
         assert isinstance(req, pb.AttributeRequest)
         self._check_attribute(req, policy, v.role)
-        self._consume_quota(v, policy, 1)
-        return "attribute", self._attribute(req, policy, v.role, ctx)
+        self._check_not_suspended(v, policy)
+        with self._charged(v, policy, 1):
+            return "attribute", self._attribute(req, call)
 
     def _do_GetTreeHead(  # noqa: N802
-        self, v: VerifiedRequest, _: Message, policy: Policy, __: grpc.ServicerContext
+        self, v: VerifiedRequest, _: Message, policy: Policy, __: _Call
     ) -> tuple[str, Message]:
         return "tree_head", pb.TreeHeadResponse(tree_head=_sth(self.ledger.tree_head()))
 
     def _do_GetInclusionProof(  # noqa: N802
-        self, v: VerifiedRequest, req: Message, policy: Policy, __: grpc.ServicerContext
+        self, v: VerifiedRequest, req: Message, policy: Policy, __: _Call
     ) -> tuple[str, Message]:
         assert isinstance(req, pb.GetInclusionProofRequest)
         size = req.tree_size or self.ledger.size
@@ -388,22 +654,26 @@ class AuditService:
             path = self.ledger.inclusion_proof(req.leaf_index, size)
             head = self.ledger.tree_head(size)
             leaf = self.ledger.leaf_hash(req.leaf_index)
-        except InputError as exc:
-            raise RefusalError("OUT_OF_RANGE", str(exc)) from exc
+        except InputError:
+            raise RefusalError(
+                "OUT_OF_RANGE", "no such leaf or tree size in the ledger"
+            ) from None
         return "inclusion_proof", pb.InclusionProofResponse(
             leaf_index=req.leaf_index, leaf_hash=leaf, path=path, tree_head=_sth(head)
         )
 
     def _do_GetConsistencyProof(  # noqa: N802
-        self, v: VerifiedRequest, req: Message, policy: Policy, __: grpc.ServicerContext
+        self, v: VerifiedRequest, req: Message, policy: Policy, __: _Call
     ) -> tuple[str, Message]:
         assert isinstance(req, pb.GetConsistencyProofRequest)
         second = req.second_size or self.ledger.size
         try:
             path = self.ledger.consistency_proof(req.first_size, second)
             head = self.ledger.tree_head(second)
-        except InputError as exc:
-            raise RefusalError("OUT_OF_RANGE", str(exc)) from exc
+        except InputError:
+            raise RefusalError(
+                "OUT_OF_RANGE", "the tree sizes asked for are not both in the ledger"
+            ) from None
         return "consistency_proof", pb.ConsistencyProofResponse(
             first_size=req.first_size, second_size=second, path=path, tree_head=_sth(head)
         )
@@ -431,41 +701,62 @@ class AuditService:
                 "INVALID_ARGUMENT", f"top_k must be between 1 and {max_top_k} for your role"
             )
 
-    def _attribute(
-        self,
-        req: pb.AttributeRequest,
-        policy: Policy,
-        role_name: str,
-        ctx: grpc.ServicerContext,
-    ) -> pb.AttributeResponse:
+    def _attribute(self, req: pb.AttributeRequest, call: _Call) -> pb.AttributeResponse:
+        policy, role_name = call.policy, call.verified.role
         # Classes the role may not see are removed before ranking, not after: no rank, score
         # or count in the answer depends on whether such records exist.
         hidden = policy.hidden_classes(role_name)
-        (answer,) = self._run(
-            ctx,
-            lambda: self.engine.attribute_many(
-                [(req.prompt, req.completion)], top_k=req.top_k, exclude_classes=hidden
-            ),
-        )
+        job = AttributeJob(req.prompt, req.completion, int(req.top_k), hidden)
+        answer = self._run(call, job)
         results = []
         for item in answer.results:
             level = policy.disclosure_for(role_name, item.data_class)
             record = self.engine.catalog.get(item.record_id)
             shown = disclose(item, record, level, snippet_chars=policy.limits.snippet_chars)
             results.append(_result_message(shown))
-        return pb.AttributeResponse(logprob=answer.completion_logprob, results=results)
+        response = pb.AttributeResponse(results=results)
+        # The completion's log-probability *is* a Score answer: only roles granted Score get
+        # it, and never for text that touches withheld training data.
+        may_score = policy.role(role_name).allows("Score") or not self.defences.logprob_gate
+        if may_score:
+            if self._touches_withheld(req.prompt + req.completion, call):
+                self._spend_withheld(call.verified)
+                response.logprob_withheld = True
+            else:
+                response.logprob = answer.completion_logprob
+        return response
 
-    def _run(self, ctx: grpc.ServicerContext, work: Callable[[], Any]) -> Any:
-        """Run engine work under the engine lock, honouring the call's deadline."""
-        self._check_deadline(ctx)
-        with self._engine_lock:
-            self._check_deadline(ctx)
-            try:
-                result = work()
-            except InputError as exc:
-                raise RefusalError("INVALID_ARGUMENT", str(exc)) from exc
-        self._check_deadline(ctx)
+    def _run(self, call: _Call, work: Callable[[], Any] | AttributeJob) -> Any:
+        """Run engine work in the auditor's turn, within the call's deadline."""
+        if call.remaining_s() <= 0 or not call.context.is_active():
+            raise RefusalError("DEADLINE_EXCEEDED", DEADLINE_PASSED)
+        try:
+            if self.defences.fair_scheduling:
+                future = self.scheduler.submit(call.verified.auditor_id, work)
+                try:
+                    result = future.result(timeout=max(0.0, call.remaining_s()))
+                except (FutureTimeout, CancelledError):
+                    future.cancel()  # dropped unless the engine has already started it
+                    raise RefusalError("DEADLINE_EXCEEDED", DEADLINE_PASSED) from None
+            else:
+                with self._engine_lock:
+                    result = self._unscheduled(work)
+        except InputError as exc:
+            logger.info("model input refused: %s", exc)
+            raise RefusalError("INVALID_ARGUMENT", MODEL_INPUT) from None
+        if call.remaining_s() <= 0:
+            raise RefusalError("DEADLINE_EXCEEDED", DEADLINE_PASSED)
         return result
+
+    def _unscheduled(self, work: Callable[[], Any] | AttributeJob) -> Any:
+        if isinstance(work, AttributeJob):
+            (answer,) = self.engine.attribute_many(
+                [(work.prompt, work.completion)],
+                top_k=work.top_k,
+                exclude_classes=work.exclude_classes,
+            )
+            return answer
+        return work()
 
     # --- answers ------------------------------------------------------------------------------
 
@@ -504,10 +795,32 @@ class AuditService:
         )
         return signed
 
-    def _refuse(
+    def _refuse(self, call: _Call, code: str, message: str) -> NoReturn:
+        """Sign and log the refusal of an authenticated request, then abort the call.
+
+        The signed refusal travels in the trailing metadata, so the auditor can prove that
+        the lab declined (and a report cannot claim a refusal the lab never signed).
+        """
+        status = grpc.StatusCode[code]
+        signed = self._answer(
+            call.verified, call.policy, "refusal", pb.Refusal(code=code, message=message)
+        )
+        leaf = signed.receipt.leaf_index
+        logger.info("refused request (%s): %s; ledger leaf %d", code, message, leaf)
+        call.context.set_trailing_metadata(
+            (
+                (LEDGER_TRAILER, str(leaf)),
+                (REFUSAL_TRAILER, signed.SerializeToString()),
+            )
+        )
+        call.context.abort(status, message)
+        raise AssertionError("grpc's abort() returned")  # pragma: no cover
+
+    def _refuse_unsigned(
         self, raw: bytes, code: str, message: str, context: grpc.ServicerContext
     ) -> NoReturn:
-        """Log a refusal in the ledger, then abort the call (never returns)."""
+        """The old handling of unauthenticated requests: a ledger leaf for each (tests only,
+        with ``Defences.unauthenticated_off_ledger`` off, to show the attack it allowed)."""
         status = grpc.StatusCode[code]
         entry = self.ledger.append(
             request_digest=hashlib.sha256(raw).digest(),

@@ -48,7 +48,14 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "auditor_server.cli", *args]
 
 
-def policy_text(*, limited_quota: int = 3, registry: str = "auditors.yaml") -> str:
+def policy_text(
+    *,
+    limited_quota: int = 3,
+    registry: str = "auditors.yaml",
+    unauthenticated_per_minute: int = 1000,
+) -> str:
+    """The test lab's policy. Hostile-request tests send many unauthenticated requests from
+    one address, so the per-peer limit is high unless a test is about that limit."""
     return textwrap.dedent(
         f"""\
         version: 1
@@ -59,6 +66,7 @@ def policy_text(*, limited_quota: int = 3, registry: str = "auditors.yaml") -> s
           max_batch_items: 8
           max_prompt_chars: 400
           snippet_chars: 40
+          unauthenticated_per_minute: {unauthenticated_per_minute}
         disclosure:
           public: full_text
           proprietary: source_metadata

@@ -20,8 +20,9 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditor_client.client import refusal_from_error
 from auditor_client.errors import ServerRefusedError
-from auditor_client.keys import encode_public_key, load_keypair
+from auditor_client.keys import decode_public_key, encode_public_key, load_keypair
 from auditor_client.wire import merkle
 from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.envelope import sign_request, signed_request_digest
@@ -352,14 +353,41 @@ def _call_expecting_error(lab: Lab, method: str, raw: bytes) -> grpc.RpcError:
     return err
 
 
+UNAUTHENTICATED_CASES = {
+    "garbage bytes",
+    "empty request",
+    "oversized request",
+    "unknown auditor",
+    "known auditor, another auditor's key",
+    "unknown key id",
+    "expired key",
+    "revoked key",
+    "random signature",
+    "signature by an unregistered key",
+    "body tampered after signing",
+    "truncated signature",
+    "method in envelope differs",
+    "timestamp 10 minutes old",
+    "timestamp 10 minutes ahead",
+    "short nonce",
+    "huge auditor id",
+    "empty method",
+}
+"""Requests without a valid signature from a registered, current key: nobody's requests,
+so they must never reach the ledger. Every other case is an authenticated auditor's request,
+whose refusal is signed and logged like an answer."""
+
+
 def test_hostile_requests_get_specific_statuses_and_the_server_keeps_serving(lab: Lab) -> None:
     assert len(CASES) >= 30
+    assert {name for name, *_ in CASES} > UNAUTHENTICATED_CASES
     with lab.client() as client:
         size_before = client.tree_head().body.tree_head.tree_head.tree_size
     problems = []
     leaves = []
     for name, method, build, expected in CASES:
-        err = _call(lab, method, build(lab))
+        raw = build(lab)
+        err = _call(lab, method, raw)
         if err is None:
             problems.append(f"{name}: answered, want {expected.name}")
             continue
@@ -374,15 +402,29 @@ def test_hostile_requests_get_specific_statuses_and_the_server_keeps_serving(lab
         # The message never echoes key material or the auditor's own ids back.
         assert "ed25519:" not in details and "nobody" not in details, (name, details)
         trailer = dict(err.trailing_metadata() or ())
-        leaves.append(int(trailer["x-ledger-leaf"]))
+        if name in UNAUTHENTICATED_CASES:
+            assert not trailer, (name, trailer)
+            continue
+        # An authenticated refusal carries the lab's signed, logged refusal, bound to the
+        # request and verified exactly as the client verifies any answer.
+        refusal = refusal_from_error(
+            err,
+            lab_public_key=decode_public_key(lab.lab_public),
+            envelope=pb.SignedRequest.FromString(raw),
+            method=method,
+        )
+        assert refusal.evidence is not None, name
+        assert refusal.evidence.body.refusal.message == details, name
+        assert int(trailer["x-ledger-leaf"]) == refusal.ledger_leaf, name
+        leaves.append(refusal.ledger_leaf)
     assert not problems, "\n".join(problems)
-    # Every refusal was logged, in order.
-    assert leaves == sorted(leaves) and len(set(leaves)) == len(CASES)
+    # Every authenticated refusal was logged, in order; no unauthenticated one was.
+    assert leaves == sorted(leaves) and len(set(leaves)) == len(CASES) - len(UNAUTHENTICATED_CASES)
     with lab.client() as client:
         answer = client.attribute("The", " quick brown fox", top_k=3)
         assert len(answer.body.attribute.results) == 3
         head = client.tree_head().body.tree_head.tree_head
-    assert head.tree_size >= size_before + len(CASES) + 1
+    assert head.tree_size == size_before + len(leaves) + 2
     assert lab.process is not None and lab.process.poll() is None
 
 
