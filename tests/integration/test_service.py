@@ -706,6 +706,29 @@ def test_generate_score_and_batch_answers(lab: Lab) -> None:
         policy = client.get_policy().body.policy
         assert policy.disclosure["private"] == "none"
         assert policy.disclosure["proprietary"] == "source_metadata"
+        assert policy.withheld_budget == 20 and policy.generate_proprietary == "allow"
+        # A role granted Score gets the completion's log-probability with an attribution,
+        # equal to what Score itself answers.
+        assert single.HasField("logprob") and single.logprob == pytest.approx(score.logprob)
+        assert not single.logprob_withheld
+        assert gen.body.generate.constrained_tokens == 0
+
+
+def test_attribute_carries_no_log_probability_for_a_role_without_score(lab: Lab) -> None:
+    """Before the gate, a role refused Score read the same number off every Attribute."""
+    with lab.client("tp") as client:
+        answer = client.attribute("The", " quick brown fox", top_k=3).body.attribute
+        (item,) = client.attribute_batch([("The", " quick brown fox")], top_k=3)
+        with pytest.raises(ServerRefusedError) as info:
+            client.score("The", " quick brown fox")
+    assert len(answer.results) == 3
+    assert not answer.HasField("logprob") and not answer.logprob_withheld
+    assert not item.body.attribute.HasField("logprob")
+    # The refusal is the lab's signed, logged statement, verified by the client.
+    refusal = info.value.evidence
+    assert info.value.code == "PERMISSION_DENIED" and refusal is not None
+    assert refusal.body.refusal.code == "PERMISSION_DENIED"
+    assert refusal.response.receipt.leaf_index == info.value.ledger_leaf
 
 
 def test_concurrent_rpc_cap(built_lab_with_cap: Lab) -> None:
