@@ -345,6 +345,32 @@ def reindex(index_dir: Path, no_progress: bool, **kw: Any) -> None:
 
 @main.command()
 @click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option(
+    "--shingle-chars",
+    type=click.IntRange(6, 64),
+    default=None,
+    help="Normalized characters per shingle [default: 10].",
+)
+def guard(index_dir: Path, shingle_chars: int | None) -> None:
+    """(Re)build the withheld-text guard of an index from its catalog, with a fresh key."""
+    from auditor_server.attribution import layout
+    from auditor_server.attribution.build import build_guard
+    from auditor_server.corpus.catalog import Catalog
+
+    catalog_path = index_dir / layout.CATALOG
+    if not catalog_path.is_file():
+        raise ConfigError(f"{index_dir} has no {layout.CATALOG}; run `auditor-server build`")
+    with Catalog.open(catalog_path) as catalog:
+        sets = build_guard(index_dir, catalog, shingle_chars=shingle_chars)
+    counts = ", ".join(f"{c} {sets.count(c):,}" for c in sets.classes)
+    click.echo(
+        f"guard: {sets.shingle_chars}-character shingles ({counts}; "
+        f"{sets.nbytes / 2**20:.1f} MiB) -> {index_dir / layout.GUARD}"
+    )
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
 @click.option("--prompt", required=True)
 @click.option("--completion", required=True)
 @click.option("--top-k", type=click.IntRange(1, 1000), default=10, show_default=True)

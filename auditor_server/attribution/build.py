@@ -1,4 +1,4 @@
-"""``auditor-server build``: catalog → rows → gradient shards → preconditioner → index.
+"""``auditor-server build``: catalog → guard → rows → gradient shards → preconditioner → index.
 
 Every step is idempotent and every file is written atomically, so the same command rerun
 after a crash (or ``kill -9``) skips what is complete and finishes with exactly one row per
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from auditor_server.fsutil import (
     sha256_json,
 )
 from auditor_server.model.loading import LoadedModel, load_model
+from auditor_server.policy.guard import DEFAULT_SHINGLE_CHARS, MANIFEST_FILE, ShingleSets
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ def _build(
         plan = _plan(lm, catalog, featurizer, feature_config, len(rows))
         if topo.is_main:
             _ensure_plan(out_dir, plan, rows)
+            ensure_guard(out_dir, catalog)
         topo.barrier()
 
         store = ShardStore(out_dir)
@@ -154,6 +157,55 @@ def _ensure_catalog(corpus_path: Path, catalog_path: Path) -> None:
                 )
         return
     Catalog.create(catalog_path, records).close()
+
+
+GUARD_KEY_BYTES = 32
+
+
+def build_guard(
+    index_dir: Path, catalog: Catalog, *, shingle_chars: int | None = None
+) -> ShingleSets:
+    """(Re)build the withheld-text guard of ``index_dir`` from every record of ``catalog``.
+
+    A fresh random hash key is made each time (it only has to be secret, not stable: the
+    guard is rebuilt whole, never extended). Takes well under a second for the demo corpus.
+    """
+    sets = ShingleSets.build(
+        ((r.source.data_class, r.text) for r in catalog),
+        key=secrets.token_bytes(GUARD_KEY_BYTES),
+        shingle_chars=shingle_chars or DEFAULT_SHINGLE_CHARS,
+        corpus_id=catalog.manifest_hash,
+    )
+    sets.save(index_dir / layout.GUARD)
+    log.info(
+        "withheld-text guard: %s",
+        ", ".join(f"{c} {sets.count(c):,} shingles" for c in sets.classes),
+    )
+    return sets
+
+
+def ensure_guard(
+    index_dir: Path, catalog: Catalog, *, shingle_chars: int | None = None
+) -> ShingleSets:
+    """The index's guard if it is complete, intact and made from this catalog (and, when
+    ``shingle_chars`` is given, with that shingle length); else build it anew.
+
+    Lets a resumed or repeated ``build`` (and ``reindex`` of an index built before the guard
+    existed) skip the guard when it is already right.
+    """
+    guard_dir = index_dir / layout.GUARD
+    if (guard_dir / MANIFEST_FILE).exists():
+        try:
+            sets = ShingleSets.load(guard_dir)
+        except (ConfigError, IntegrityError) as exc:
+            log.warning("rebuilding the withheld-text guard: %s", exc)
+        else:
+            if sets.corpus_id == catalog.manifest_hash and shingle_chars in (
+                None,
+                sets.shingle_chars,
+            ):
+                return sets
+    return build_guard(index_dir, catalog, shingle_chars=shingle_chars)
 
 
 def _plan(
@@ -290,7 +342,8 @@ def reindex(index_dir: Path, index_config: IndexConfig) -> str:
     """Refit preconditioner and FAISS index of a finished build from its stored shards.
 
     Gradients are not recomputed, so trying another preconditioner, normalization or index
-    kind costs seconds. The snapshot id changes with the index config.
+    kind costs seconds. The snapshot id changes with the index config. The withheld-text
+    guard is built if the index has none (or a broken one) and kept otherwise.
 
     Raises:
         ConfigError: ``index_dir`` is not a finished index.
@@ -306,6 +359,7 @@ def reindex(index_dir: Path, index_config: IndexConfig) -> str:
         np.load(index_dir / layout.ROWS) as npz,
     ):
         rows = RowTable.from_arrays(dict(npz))
+        ensure_guard(index_dir, catalog)
         store = ShardStore(index_dir)
         shards = plan_shards(len(rows), feature_config.shard_rows)
         fit_and_write(index_dir, catalog, rows, store, shards, index_config)

@@ -8,6 +8,7 @@ window that was and how much each tracked module contributed to the score.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +27,16 @@ from auditor_server.attribution.spans import RowTable
 from auditor_server.corpus.catalog import Catalog
 from auditor_server.errors import ConfigError, IndexMismatchError, InputError, IntegrityError
 from auditor_server.fsutil import sha256_file
-from auditor_server.model.generation import ScoreResult, generate, score
+from auditor_server.model.generation import (
+    GenerationResult,
+    ScoreResult,
+    generate,
+    generate_constrained,
+    score,
+)
 from auditor_server.model.loading import LoadedModel, hash_model_files, load_model
+from auditor_server.policy.guard import MANIFEST_FILE as GUARD_MANIFEST
+from auditor_server.policy.guard import ShingleSets, WithheldGuard
 
 MAX_TOP_K = 1000
 
@@ -99,6 +108,21 @@ class AttributionEngine:
     @property
     def snapshot_id(self) -> str:
         return str(self.manifest["snapshot_id"])
+
+    @functools.cached_property
+    def shingle_sets(self) -> ShingleSets | None:
+        """The index's withheld-text shingles (``INDEX_DIR/guard``), or None if it has none.
+
+        Loaded on first use (memory-mapped, checksums verified), so opening an engine for
+        attribution alone does not pay for it.
+
+        Raises:
+            IntegrityError: the guard's files fail their checksums.
+        """
+        guard_dir = self.index_dir / layout.GUARD
+        if not (guard_dir / GUARD_MANIFEST).exists():
+            return None
+        return ShingleSets.load(guard_dir)
 
     @classmethod
     def open(
@@ -237,6 +261,15 @@ class AttributionEngine:
     def generate(self, prompt: str, **kwargs: Any) -> str:
         """Continue ``prompt`` with the indexed model (see ``model.generation.generate``)."""
         return generate(self.lm, prompt, **kwargs)
+
+    def generate_constrained(
+        self, prompt: str, *, guard: WithheldGuard | None, **kwargs: Any
+    ) -> GenerationResult:
+        """:meth:`generate`, steered away from withheld text: no token may complete a
+        shingle of ``guard`` (``None`` constrains nothing). See
+        ``model.generation.generate_constrained`` for the other arguments."""
+        banned = guard.completes if guard is not None and len(guard) else None
+        return generate_constrained(self.lm, prompt, banned=banned, **kwargs)
 
     def score(self, prompt: str, completion: str) -> ScoreResult:
         """log p(completion | prompt) under the indexed model."""

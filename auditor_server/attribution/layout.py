@@ -10,4 +10,8 @@ VECTORS = "vectors.f16.npy"
 FAISS_INDEX = "index.faiss"
 MANIFEST = "manifest.json"
 EVALUATION = "evaluation.json"
+#: The withheld-text guard (``auditor_server.policy.guard``): shingle hashes per data class,
+#: their hash key and ``guard.json``. Lab side only, like the catalog; the names of the files
+#: inside are the guard module's (``MANIFEST_FILE``, ``KEY_FILE``, ``<data_class>.npy``).
+GUARD = "guard"
 FORMAT_VERSION = 1

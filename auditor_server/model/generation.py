@@ -10,6 +10,7 @@ character into one token, and then no token boundary would match the text bounda
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,13 +20,18 @@ from auditor_server.errors import InputError
 from auditor_server.model.loading import LoadedModel
 
 __all__ = [
+    "GREEDY_BELOW_TEMPERATURE",
+    "MAX_BANNED_CANDIDATES",
     "MAX_NEW_TOKENS_LIMIT",
     "MAX_TEMPERATURE",
+    "Banned",
+    "GenerationResult",
     "ScoreResult",
     "adds_bos",
     "encode_pair",
     "encode_prompt",
     "generate",
+    "generate_constrained",
     "score",
 ]
 
@@ -33,6 +39,16 @@ __all__ = [
 MAX_NEW_TOKENS_LIMIT = 1024
 #: Upper bound on ``temperature``; beyond this sampling is indistinguishable from uniform.
 MAX_TEMPERATURE = 10.0
+#: Temperatures below this decode greedily. Sampling at, say, 1e-38 divides logits into
+#: float32 infinities (NaN probabilities); below 1e-4 a logit gap of 0.01 is already a factor
+#: e^100 between tokens, so greedy is what such a temperature means anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-4
+#: Candidates a constrained decoding step tries before it gives up and ends the text: a
+#: bound on the work one step can cost, and a model whose 64 likeliest continuations are all
+#: withheld text has nothing else to say there.
+MAX_BANNED_CANDIDATES = 64
+#: Trailing tokens decoded to find a candidate's text (a UTF-8 character is ≤ 4 bytes).
+_DECODE_WINDOW = 8
 
 _BOS_PROBE = "a"
 
@@ -169,21 +185,106 @@ def _validate_generate_args(max_new_tokens: int, temperature: float, top_p: floa
         raise InputError(f"top_p must be in (0, 1], got {top_p}")
 
 
-def _sample(
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """float32 logits with NaN as -inf and ±inf clamped, so argmax and softmax are defined."""
+    return torch.nan_to_num(logits.float(), nan=float("-inf"))
+
+
+def _greedy_candidates(logits: torch.Tensor) -> Iterator[int]:
+    """Tokens by descending logit: the argmax first (exactly what plain greedy decoding
+    takes, ties included), then the rest of the top :data:`MAX_BANNED_CANDIDATES`, computed
+    only if the caller asks for a second candidate."""
+    logits = _finite(logits)
+    first = int(torch.argmax(logits).item())
+    yield first
+    k = min(MAX_BANNED_CANDIDATES + 1, logits.numel())
+    for token in torch.topk(logits, k).indices.tolist():
+        if token != first:
+            yield int(token)
+
+
+def _sampled_candidates(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> int:
-    """Pick the next token: argmax at temperature 0, else nucleus sampling."""
-    if temperature == 0.0:
-        return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+) -> Iterator[int]:
+    """Nucleus samples: the first draw is the plain sampler's, token for token, for a given
+    generator state; each further candidate is drawn with the previous ones' probability set
+    to zero. Ends when the nucleus is used up.
+
+    Falls back to greedy order if the probabilities are not finite (a model that emits NaN
+    or +inf logits), so sampling never hands ``torch.multinomial`` a NaN.
+    """
+    probs = torch.softmax(_finite(logits) / temperature, dim=-1)
+    if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0.0:
+        yield from _greedy_candidates(logits)
+        return
+    order: torch.Tensor | None = None
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (always at least one token).
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
-        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-        choice = torch.multinomial(sorted_probs.cpu(), 1, generator=generator)
-        return int(order[choice.to(order.device)].item())
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator).item())
+        weights = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs)).cpu()
+        order = order.cpu()
+    else:
+        weights = probs.cpu()
+    while float(weights.sum()) > 0.0:
+        choice = int(torch.multinomial(weights, 1, generator=generator).item())
+        yield int(order[choice].item()) if order is not None else choice
+        weights[choice] = 0.0
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What :func:`generate_constrained` produced."""
+
+    text: str
+    """The decoded continuation, special tokens removed."""
+    banned_tokens: int
+    """How many candidate tokens ``banned`` refused (0 without a ``banned`` callback)."""
+
+
+#: ``banned(context, addition)``: whether the text ``addition`` may not follow ``context``.
+Banned = Callable[[str, str], bool]
+
+
+class _IncrementalText:
+    """The generated text, kept up to date token by token for the ``banned`` callback.
+
+    The text a candidate token adds is ``decode(ids + [t])`` minus ``decode(ids)``. With
+    byte-level BPE one character can span several tokens: while it is incomplete its bytes
+    decode to U+FFFD, and the token that completes it *changes* already decoded text. So the
+    addition is everything after the longest common prefix of the two decodings, and the
+    context it is checked against ends at that prefix. Only the last :data:`_DECODE_WINDOW`
+    tokens are decoded (a character is at most 4 bytes, so a change never reaches further
+    back), which keeps each check independent of how much was generated.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self._tokenizer = tokenizer
+        self.text = ""
+        self._window: list[int] = []
+        self._window_text = ""
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
+    def candidate(self, token: int) -> tuple[int, str]:
+        """``(kept, addition)``: the new text is ``self.text[:kept] + addition``."""
+        after = self._decode([*self._window, token])
+        common = _common_prefix(self._window_text, after)
+        return len(self.text) - (len(self._window_text) - common), after[common:]
+
+    def accept(self, token: int, kept: int, addition: str) -> None:
+        self.text = self.text[:kept] + addition
+        self._window = [*self._window, token][-_DECODE_WINDOW:]
+        self._window_text = self._decode(self._window)
 
 
 @torch.no_grad()
@@ -198,9 +299,46 @@ def generate(
 ) -> str:
     """Continue ``prompt`` and return only the newly generated text.
 
+    :func:`generate_constrained` without a ``banned`` callback; see there for the arguments.
+    """
+    return generate_constrained(
+        lm,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        banned=None,
+    ).text
+
+
+@torch.no_grad()
+def generate_constrained(
+    lm: LoadedModel,
+    prompt: str,
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    banned: Banned | None = None,
+) -> GenerationResult:
+    """Continue ``prompt``, never emitting a token whose text ``banned`` refuses.
+
     Decoding is a plain loop over the model with a KV cache rather than
     ``model.generate``, so that sampling draws from a private, seeded generator (never the
     global torch RNG other requests share) and the same seed gives the same text.
+
+    Before a token is accepted, ``banned(context, addition)`` is asked, with ``context`` the
+    prompt followed by the text generated so far and ``addition`` the text the token adds
+    (see :class:`_IncrementalText`). A refused token is replaced: greedy decoding takes the
+    next most likely token, sampling draws again with the refused token's probability set to
+    zero. Up to :data:`MAX_BANNED_CANDIDATES` candidates are tried per step; if all are
+    refused (or a sampled step's nucleus is used up) generation stops there. EOS is never
+    refused. When nothing is refused the text is exactly the unconstrained one, for a given
+    seed too. The withheld-text guard passes ``WithheldGuard.completes`` here: because the
+    context includes the prompt, a withheld stretch split between an auditor's prompt (the
+    previous answer fed back) and the new tokens is caught as well.
 
     Args:
         lm: Loaded model and tokenizer.
@@ -208,11 +346,14 @@ def generate(
         max_new_tokens: Upper bound on generated tokens (1..:data:`MAX_NEW_TOKENS_LIMIT`);
             generation also stops at EOS and at the model's context length.
         temperature: 0 for greedy decoding, else the softmax temperature (≤ 10).
+            Temperatures below :data:`GREEDY_BELOW_TEMPERATURE` decode greedily: dividing
+            logits by such a value overflows float32 and sampling there is greedy anyway.
         top_p: Nucleus-sampling mass in (0, 1]; ignored when greedy.
         seed: Seed for sampling; ``None`` draws a fresh one (non-reproducible).
+        banned: ``(context, addition) -> bool``; ``None`` constrains nothing.
 
     Returns:
-        The decoded continuation, special tokens removed.
+        The decoded continuation (special tokens removed) and how many tokens were refused.
 
     Raises:
         InputError: Arguments out of range, or the prompt does not fit the context.
@@ -231,8 +372,9 @@ def generate(
             )
         max_new_tokens = min(max_new_tokens, limit - len(ids))
 
+    greedy = temperature < GREEDY_BELOW_TEMPERATURE
     generator: torch.Generator | None = None
-    if temperature > 0.0:
+    if not greedy:
         generator = torch.Generator()
         if seed is None:
             generator.seed()
@@ -241,14 +383,37 @@ def generate(
 
     eos_id = tokenizer.eos_token_id
     new_ids: list[int] = []
+    generated = _IncrementalText(tokenizer) if banned is not None else None
+    refused = 0
     input_ids = torch.tensor([ids], dtype=torch.long, device=lm.device)
     past = None
     for _ in range(max_new_tokens):
         out = lm.model(input_ids=input_ids, past_key_values=past, use_cache=True)
         past = out.past_key_values
-        token = _sample(out.logits[0, -1], temperature, top_p, generator)
-        if eos_id is not None and token == eos_id:
+        logits = out.logits[0, -1]
+        candidates = (
+            _greedy_candidates(logits)
+            if greedy
+            else _sampled_candidates(logits, temperature, top_p, generator)
+        )
+        token: int | None = None
+        for tried, candidate in enumerate(candidates):
+            if tried >= MAX_BANNED_CANDIDATES:
+                break
+            if banned is None or generated is None or candidate == eos_id:
+                token = candidate
+                break
+            kept, addition = generated.candidate(candidate)
+            if banned(prompt + generated.text[:kept], addition):
+                refused += 1
+                continue
+            generated.accept(candidate, kept, addition)
+            token = candidate
+            break
+        if token is None or (eos_id is not None and token == eos_id):
             break
         new_ids.append(token)
         input_ids = torch.tensor([[token]], dtype=torch.long, device=lm.device)
-    return str(tokenizer.decode(new_ids, skip_special_tokens=True))
+    return GenerationResult(
+        text=str(tokenizer.decode(new_ids, skip_special_tokens=True)), banned_tokens=refused
+    )

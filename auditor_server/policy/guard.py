@@ -1,0 +1,527 @@
+"""The withheld-text guard: does a text reproduce a stretch of training text that is withheld?
+
+Why: private records never leave the lab as records, but the model memorized some of them,
+so a hostile auditor can pull them out through the *model channel*: chain short ``Generate``
+calls (each prompt = the previous prompt + the previous output), or rank candidate
+completions by ``Score``. The guard answers, cheaply and without holding the private text,
+whether a string contains a *shingle* (``shingle_chars`` consecutive normalized characters)
+that occurs in withheld training text; constrained decoding
+(:func:`auditor_server.model.generation.generate_constrained`) asks it before every token.
+
+**Normalization** (:func:`normalize`) makes formatting tricks useless: Unicode NFKC, case
+folding, then only letters and digits (Unicode categories ``L*`` and ``N*``, any script) are
+kept; whitespace, punctuation, symbols, zero-width characters (``Cf``) and combining marks are
+dropped, and accented letters lose their accents (an NFKD step after case folding), so that
+``"Dana.Whit@Example.com"`` / ``"dana whit at example"`` and ``"(212) 555-0142"`` /
+``"212\\u200b555\\u20130142"`` / ``"２１２ ５５５ ０１４２"`` all become the same letters and
+digits, and a precomposed ``"ć"`` equals ``"c\\u0301"``. Normalization is defined *per original
+character* (the output of a string is the concatenation of its characters' outputs), which is
+what lets :meth:`WithheldGuard.completes` look only at the end of a context and
+:func:`normalize_with_map` say which original character produced each normalized one.
+
+**What is withheld** (:meth:`ShingleSets.guard_for`): the shingles of the withheld data
+classes *minus every shingle that also occurs in a disclosed class*. Text the lab publishes
+(or discloses to this auditor) is not secret, and subtracting it is what keeps ordinary
+phrases ("thanks for the help", a public street name) from being blocked; what remains is
+text that exists only in withheld records: names with their emails, phone numbers, ticket
+numbers, addresses, the wording of private chats.
+
+**Hashing.** Each shingle is stored as a 64-bit hash, keyed with a lab secret (``guard.key``
+beside the hashes): code points are mixed with a key-derived salt, combined by a polynomial
+hash modulo 2**64 with a key-derived odd base, xored with a third key-derived value and
+finalized with splitmix64's mixer. The key is not what keeps the guard sound (a collision only
+ever blocks *more*); it makes the stored hashes useless without it: a leaked ``.npy`` cannot
+be tested offline against guessed phone numbers or names, and nobody outside the lab can
+precompute texts that collide with withheld shingles. It is a random 32-byte key made when
+the guard is built, never the lab's Ed25519 signing key.
+
+**Memory.** A guard holds one sorted ``uint64`` per distinct withheld shingle: 8 bytes each,
+so at most 8 bytes per character of private text before de-duplication (≈ 8·10⁸ bytes for a
+10⁸-character private corpus). ``bench/guard_memory.py`` measures it.
+
+The guard directory (``INDEX_DIR/guard/``) stays on the lab's side, like the catalog:
+``guard.json`` (shingle length, key id = sha256 of the key, per-class counts and file
+checksums, the corpus manifest hash), one ``<data_class>.npy`` per class and ``guard.key``
+(mode 0600). Files are written atomically and ``guard.json`` last, so a crash mid-build
+leaves no guard that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from auditor_server.errors import ConfigError, IntegrityError
+from auditor_server.fsutil import atomic_write, atomic_write_json, sha256_file
+
+__all__ = [
+    "DEFAULT_SHINGLE_CHARS",
+    "GUARD_FORMAT",
+    "KEY_FILE",
+    "MANIFEST_FILE",
+    "MAX_SHINGLE_CHARS",
+    "MIN_SHINGLE_CHARS",
+    "ShingleSets",
+    "WithheldGuard",
+    "normalize",
+    "normalize_with_map",
+]
+
+DEFAULT_SHINGLE_CHARS: Final = 10
+"""Normalized characters per shingle. Ten letters/digits is a whole phone number, most of a
+name plus surname, or two to three words of a sentence: long enough that shingles of private
+text rarely occur by chance in other text, short enough that generation is stopped within
+nine characters of any withheld stretch."""
+MIN_SHINGLE_CHARS: Final = 6
+MAX_SHINGLE_CHARS: Final = 64
+
+GUARD_FORMAT: Final = "auditor-sandbox-guard/v1"
+MANIFEST_FILE: Final = "guard.json"
+KEY_FILE: Final = "guard.key"
+
+_U64 = np.uint64
+_CHUNK_CHARS: Final = 1 << 23
+"""Normalized characters hashed per numpy batch while building (bounds the temporaries)."""
+_SEPARATOR: Final = "\x00"
+"""Joins records in a batch; never survives normalization, so it marks record boundaries."""
+_CLASS_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+
+# --- normalization ----------------------------------------------------------------------
+
+
+class _CharTable(dict[int, str | None]):
+    """``str.translate`` table computing each character's normalized form on first use.
+
+    A dict subclass with ``__missing__`` keeps ``str.translate``'s C loop (no per-character
+    Python call after a character has been seen once) while covering all of Unicode lazily.
+    """
+
+    def __missing__(self, code: int) -> str | None:
+        folded = unicodedata.normalize("NFKC", chr(code)).casefold()
+        kept: list[str] = []
+        for ch in unicodedata.normalize("NFKD", folded):
+            category = unicodedata.category(ch)
+            if category == "Nd":  # any script's decimal digit counts as that digit
+                kept.append(str(unicodedata.decimal(ch)))
+            elif category[0] in "LN":
+                kept.append(ch)
+        value = "".join(kept) or None
+        self[code] = value
+        return value
+
+
+_TABLE: Final = _CharTable()
+
+
+def normalize(text: str) -> str:
+    """Letters and digits of ``text`` after NFKC and case folding, accents removed.
+
+    Per original character: ``normalize(a + b) == normalize(a) + normalize(b)``.
+    """
+    return text.translate(_TABLE)
+
+
+def normalize_with_map(text: str) -> tuple[str, list[int]]:
+    """:func:`normalize` plus, for each normalized character, the index in ``text`` of the
+    character that produced it (one character can produce several, e.g. ``"ﬁ"`` → ``"fi"``).
+    """
+    out: list[str] = []
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        piece = _TABLE[ord(ch)]
+        if piece:
+            out.append(piece)
+            origin.extend([i] * len(piece))
+    return "".join(out), origin
+
+
+def _normalized_tail(text: str, n: int) -> str:
+    """The last ``n`` normalized characters of ``text``, reading it from the end.
+
+    Cost is proportional to ``n`` plus the number of trailing characters that normalize to
+    nothing (whitespace, punctuation), not to ``len(text)``.
+    """
+    if n <= 0:
+        return ""
+    parts: list[str] = []
+    got = 0
+    i = len(text) - 1
+    while got < n and i >= 0:
+        piece = _TABLE[ord(text[i])]
+        if piece:
+            parts.append(piece)
+            got += len(piece)
+        i -= 1
+    return "".join(reversed(parts))[-n:]
+
+
+# --- hashing ----------------------------------------------------------------------------
+
+
+def _mix64(z: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """splitmix64's finalizer, in place on a uint64 array (a bijection on 64-bit values)."""
+    z ^= z >> _U64(30)
+    z *= _U64(0xBF58476D1CE4E5B9)
+    z ^= z >> _U64(27)
+    z *= _U64(0x94D049BB133111EB)
+    z ^= z >> _U64(31)
+    return z
+
+
+class _ShingleHasher:
+    """Keyed 64-bit hashes of every window of ``k`` normalized characters.
+
+    ``h(c_0..c_{k-1}) = mix(Σ mix(c_j + salt) · base^(k-1-j) mod 2**64  ⊕  out)`` with
+    ``salt``, odd ``base`` and ``out`` derived from the key. Mixing each code point first
+    spreads the small code-point differences over all 64 bits, so the weak low bits of a
+    polynomial hash modulo a power of two are not a way to build collisions.
+    """
+
+    def __init__(self, key: bytes, k: int) -> None:
+        if not key:
+            raise ConfigError("the guard's hash key must not be empty")
+        if not MIN_SHINGLE_CHARS <= k <= MAX_SHINGLE_CHARS:
+            raise ConfigError(
+                f"shingle_chars must be between {MIN_SHINGLE_CHARS} and {MAX_SHINGLE_CHARS}, "
+                f"got {k}"
+            )
+        digest = hashlib.blake2b(key, digest_size=24, person=b"auditor-guard-v1").digest()
+        self.k = k
+        self.key_id = key_id(key)
+        self._salt = _U64(int.from_bytes(digest[0:8], "little"))
+        self._base = _U64(int.from_bytes(digest[8:16], "little") | 1)
+        self._out = _U64(int.from_bytes(digest[16:24], "little"))
+
+    def windows(self, normalized: str) -> NDArray[np.uint64]:
+        """Hash of every window of ``k`` characters of ``normalized``, in order."""
+        codes = np.frombuffer(normalized.encode("utf-32-le"), dtype=np.uint32)
+        return self._hash_codes(codes)
+
+    def _hash_codes(self, codes: NDArray[np.uint32]) -> NDArray[np.uint64]:
+        n, k = len(codes), self.k
+        if n < k:
+            return np.empty(0, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            x = codes.astype(np.uint64)
+            x += self._salt
+            _mix64(x)
+            m = n - k + 1
+            acc = x[:m].copy()
+            for j in range(1, k):  # Horner: k vector passes, no per-window Python work
+                acc *= self._base
+                acc += x[j : j + m]
+            acc ^= self._out
+            return _mix64(acc)
+
+    def record_windows(self, texts: list[str]) -> NDArray[np.uint64]:
+        """Hashes of every window lying inside one of ``texts`` (none spans two records)."""
+        joined = _SEPARATOR.join(normalize(t) for t in texts)
+        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        hashes = self._hash_codes(codes)
+        if len(texts) > 1 and len(hashes):
+            seps = np.concatenate(([0], np.cumsum(codes == 0, dtype=np.int64)))
+            inside = seps[self.k : self.k + len(hashes)] == seps[: len(hashes)]
+            hashes = hashes[inside]
+        return hashes
+
+
+def key_id(key: bytes) -> str:
+    """Public identifier of a hash key: ``sha256:<hex>`` of it (the key itself stays secret)."""
+    return f"sha256:{hashlib.sha256(key).hexdigest()}"
+
+
+def _member(sorted_hashes: NDArray[np.uint64], probes: NDArray[np.uint64]) -> NDArray[np.bool_]:
+    """For each of ``probes``, whether it is in the sorted array ``sorted_hashes``.
+
+    Binary search rather than ``np.isin``: the haystack is already sorted (and may be
+    memory-mapped), so this needs no copy of it and only one index per probe.
+    """
+    if not len(probes) or not len(sorted_hashes):
+        return np.zeros(len(probes), dtype=bool)
+    pos = np.searchsorted(sorted_hashes, probes)
+    pos[pos == len(sorted_hashes)] = 0
+    return np.asarray(sorted_hashes[pos] == probes)
+
+
+def _contains(sorted_hashes: NDArray[np.uint64], probes: NDArray[np.uint64]) -> bool:
+    """Whether any of ``probes`` is in the sorted array ``sorted_hashes``."""
+    return bool(_member(sorted_hashes, probes).any())
+
+
+# --- the guard ----------------------------------------------------------------------------
+
+
+class WithheldGuard:
+    """Membership tests against the withheld shingles of one set of withheld data classes.
+
+    Immutable and safe to share between threads. Make one with :meth:`ShingleSets.guard_for`.
+    """
+
+    def __init__(self, hashes: NDArray[np.uint64], hasher: _ShingleHasher) -> None:
+        """Wrap sorted, de-duplicated shingle hashes made by ``hasher``."""
+        self._hashes = hashes
+        self._hasher = hasher
+
+    @property
+    def shingle_chars(self) -> int:
+        """Normalized characters per shingle."""
+        return self._hasher.k
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of hashes this guard holds (8 per withheld shingle)."""
+        return int(self._hashes.nbytes)
+
+    def __len__(self) -> int:
+        """Number of distinct withheld shingles."""
+        return len(self._hashes)
+
+    def touches(self, text: str) -> bool:
+        """Whether any shingle of ``normalize(text)`` is withheld."""
+        if not len(self._hashes):
+            return False
+        return _contains(self._hashes, self._hasher.windows(normalize(text)))
+
+    def completes(self, context: str, addition: str) -> bool:
+        """Whether appending ``addition`` to ``context`` forms a withheld shingle that
+        includes at least one normalized character produced by ``addition``.
+
+        Used before accepting each generated token: ``context`` is the end of the prompt plus
+        what was generated so far, ``addition`` the token's text. Withheld shingles lying
+        wholly inside ``context`` do not count (the caller already had that text), but a
+        shingle spanning the boundary does, which is what stops a chained attack (prompt =
+        previous prompt + previous output). Only the last ``shingle_chars - 1`` normalized
+        characters of ``context`` can be part of such a shingle, so the cost does not grow
+        with the context's length (only with trailing characters that normalize to nothing).
+        """
+        if not len(self._hashes):
+            return False
+        added = normalize(addition)
+        if not added:
+            return False
+        joined = _normalized_tail(context, self._hasher.k - 1) + added
+        # Every window of ``joined`` contains an added character: the tail is shorter than k.
+        return _contains(self._hashes, self._hasher.windows(joined))
+
+
+# --- shingle sets -------------------------------------------------------------------------
+
+
+class ShingleSets:
+    """Sorted, de-duplicated shingle hashes of each data class of a corpus.
+
+    Build with :meth:`build`, persist with :meth:`save`, reopen (memory-mapped, checksums
+    verified) with :meth:`load`; :meth:`guard_for` makes the guard for a set of withheld
+    classes. The key is held because queries must hash exactly like the build did.
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, NDArray[np.uint64]],
+        *,
+        key: bytes,
+        shingle_chars: int = DEFAULT_SHINGLE_CHARS,
+        corpus_id: str | None = None,
+    ) -> None:
+        """Wrap per-class sorted unique hashes; use :meth:`build` or :meth:`load` instead."""
+        for name in arrays:
+            _check_class_name(name)
+        self._hasher = _ShingleHasher(key, shingle_chars)
+        self._key = key
+        self._arrays = dict(sorted(arrays.items()))
+        self.corpus_id = corpus_id
+        """Identifier of the corpus the sets were built from (the catalog's manifest hash)."""
+        self._guards: dict[frozenset[str], WithheldGuard] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def build(
+        cls,
+        corpus: Iterable[tuple[str, str]],
+        *,
+        key: bytes,
+        shingle_chars: int = DEFAULT_SHINGLE_CHARS,
+        corpus_id: str | None = None,
+    ) -> ShingleSets:
+        """Hash every shingle of every ``(data_class, text)`` record.
+
+        Shingles never span two records. Records are hashed in batches of ~8M normalized
+        characters with numpy, so memory stays bounded by the distinct shingles plus one
+        batch.
+
+        Raises:
+            ConfigError: ``shingle_chars`` out of range, empty key or a data class name that
+                is not a plain lowercase identifier.
+        """
+        hasher = _ShingleHasher(key, shingle_chars)
+        pending: dict[str, list[str]] = {}
+        pending_chars: dict[str, int] = {}
+        parts: dict[str, list[NDArray[np.uint64]]] = {}
+
+        def flush(name: str) -> None:
+            hashes = hasher.record_windows(pending.pop(name))
+            pending_chars.pop(name)
+            parts.setdefault(name, []).append(np.unique(hashes))
+
+        for data_class, text in corpus:
+            _check_class_name(data_class)
+            pending.setdefault(data_class, []).append(text)
+            pending_chars[data_class] = pending_chars.get(data_class, 0) + len(text)
+            if pending_chars[data_class] >= _CHUNK_CHARS:
+                flush(data_class)
+        for name in list(pending):
+            flush(name)
+        arrays = {
+            name: np.unique(np.concatenate(chunks)) if len(chunks) > 1 else chunks[0]
+            for name, chunks in parts.items()
+        }
+        return cls(arrays, key=key, shingle_chars=shingle_chars, corpus_id=corpus_id)
+
+    @property
+    def shingle_chars(self) -> int:
+        return self._hasher.k
+
+    @property
+    def key_id(self) -> str:
+        """sha256 of the hash key, as recorded in ``guard.json``."""
+        return self._hasher.key_id
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Data classes with a shingle set, sorted."""
+        return tuple(self._arrays)
+
+    def count(self, data_class: str) -> int:
+        """Distinct shingles of ``data_class`` (0 for a class not in the corpus)."""
+        arr = self._arrays.get(data_class)
+        return 0 if arr is None else len(arr)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all per-class hash arrays (memory-mapped after :meth:`load`)."""
+        return sum(int(a.nbytes) for a in self._arrays.values())
+
+    def guard_for(self, withheld: frozenset[str]) -> WithheldGuard:
+        """The guard for ``withheld`` data classes: their shingles minus every shingle that
+        also occurs in a class not withheld. Cached per set; an empty set matches nothing.
+
+        Classes that are not in the corpus contribute nothing.
+        """
+        with self._lock:
+            cached = self._guards.get(withheld)
+            if cached is not None:
+                return cached
+            hidden = [a for c, a in self._arrays.items() if c in withheld]
+            shown = [a for c, a in self._arrays.items() if c not in withheld]
+            hashes = _union(hidden)
+            if len(hashes) and shown:
+                hashes = hashes[~_member(_union(shown), hashes)]
+            guard = WithheldGuard(np.ascontiguousarray(hashes, dtype=np.uint64), self._hasher)
+            self._guards[withheld] = guard
+            return guard
+
+    # --- persistence --------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write the sets, the key (mode 0600) and ``guard.json`` into ``directory``.
+
+        ``guard.json`` is removed first and written last, so a crash mid-way leaves a
+        directory that :meth:`load` refuses rather than a mix of two builds.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MANIFEST_FILE).unlink(missing_ok=True)
+        # mkstemp behind atomic_write creates the file with mode 0600: the key never exists
+        # on disk with wider permissions, not even briefly.
+        atomic_write(directory / KEY_FILE, lambda fh: fh.write(self._key))
+        classes: dict[str, dict[str, object]] = {}
+        for name, arr in self._arrays.items():
+            path = directory / f"{name}.npy"
+            _save_array(path, arr)
+            classes[name] = {"file": path.name, "count": len(arr), "sha256": sha256_file(path)}
+        for stale in directory.glob("*.npy"):
+            if stale.stem not in self._arrays:
+                stale.unlink()
+        manifest = {
+            "format": GUARD_FORMAT,
+            "shingle_chars": self.shingle_chars,
+            "key_id": self.key_id,
+            "corpus_id": self.corpus_id,
+            "classes": classes,
+        }
+        atomic_write_json(directory / MANIFEST_FILE, manifest)
+
+    @classmethod
+    def load(cls, directory: Path, *, verify: bool = True) -> ShingleSets:
+        """Open a guard directory written by :meth:`save`; arrays are memory-mapped.
+
+        Raises:
+            ConfigError: no ``guard.json`` (not a finished guard) or an unknown format.
+            IntegrityError: a file's checksum, the key's id or an array's shape or order
+                differs from what ``guard.json`` records.
+        """
+        manifest_path = directory / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise ConfigError(f"{directory} is not a finished guard (no {MANIFEST_FILE})")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"{manifest_path}: unreadable ({exc})") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != GUARD_FORMAT:
+            raise ConfigError(f"{manifest_path}: not a {GUARD_FORMAT} manifest")
+        try:
+            key = (directory / KEY_FILE).read_bytes()
+        except OSError as exc:
+            raise IntegrityError(f"{directory / KEY_FILE}: cannot read the key ({exc})") from exc
+        if key_id(key) != manifest.get("key_id"):
+            raise IntegrityError(f"{directory / KEY_FILE}: key differs from the one recorded")
+        arrays: dict[str, NDArray[np.uint64]] = {}
+        for name, entry in dict(manifest.get("classes", {})).items():
+            _check_class_name(name)
+            path = directory / f"{name}.npy"
+            if entry.get("file") != path.name:
+                raise IntegrityError(f"{manifest_path}: class {name!r} names another file")
+            if verify and (not path.is_file() or sha256_file(path) != entry.get("sha256")):
+                raise IntegrityError(f"{path}: checksum differs from {MANIFEST_FILE}")
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise IntegrityError(f"{path}: unreadable ({exc})") from exc
+            if arr.dtype != np.uint64 or arr.ndim != 1 or len(arr) != entry.get("count"):
+                raise IntegrityError(f"{path}: not the {entry.get('count')} hashes recorded")
+            arrays[name] = arr
+        return cls(
+            arrays,
+            key=key,
+            shingle_chars=int(manifest["shingle_chars"]),
+            corpus_id=manifest.get("corpus_id"),
+        )
+
+
+def _save_array(path: Path, arr: NDArray[np.uint64]) -> None:
+    data = np.ascontiguousarray(arr, dtype=np.uint64)
+    atomic_write(path, lambda fh: np.save(fh, data, allow_pickle=False))
+
+
+def _check_class_name(name: str) -> None:
+    """Class names become file names: allow plain lowercase identifiers only."""
+    if not isinstance(name, str) or not _CLASS_NAME.fullmatch(name):
+        raise ConfigError(f"data class {name!r} is not a plain lowercase identifier")
+
+
+def _union(arrays: list[NDArray[np.uint64]]) -> NDArray[np.uint64]:
+    """Sorted unique union of sorted unique arrays."""
+    if not arrays:
+        return np.empty(0, dtype=np.uint64)
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.unique(np.concatenate(arrays))

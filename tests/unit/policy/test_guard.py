@@ -1,0 +1,400 @@
+"""The withheld-text guard: normalization, shingle sets, what is withheld, persistence and
+the build integration, checked against a brute-force oracle on the normalized strings."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from auditor_server.attribution import layout
+from auditor_server.attribution.build import build_guard, ensure_guard
+from auditor_server.attribution.engine import AttributionEngine
+from auditor_server.cli import main as cli_main
+from auditor_server.corpus.catalog import Catalog
+from auditor_server.corpus.demo_sources import private_records
+from auditor_server.corpus.records import Record, Source
+from auditor_server.errors import ConfigError, IntegrityError
+from auditor_server.policy.guard import (
+    DEFAULT_SHINGLE_CHARS,
+    KEY_FILE,
+    MANIFEST_FILE,
+    ShingleSets,
+    WithheldGuard,
+    normalize,
+    normalize_with_map,
+)
+
+K = DEFAULT_SHINGLE_CHARS
+KEY = b"\x01" * 32
+
+
+def _windows(text: str, k: int = K) -> set[str]:
+    norm = normalize(text)
+    return {norm[i : i + k] for i in range(len(norm) - k + 1)}
+
+
+# --- normalization ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variants", "expected"),
+    [
+        (["Dana.Whit@Example.com", "dana whit @ example . com", "DANA-WHIT@EXAMPLE.COM"], None),
+        (
+            [
+                "(212) 555-0142",
+                "212\u200b555\u20130142",
+                "\uff12\uff11\uff12 \uff15\uff15\uff15 \uff10\uff11\uff14\uff12",
+                "212.555.0142",
+                "\u0662\u0661\u0662-\u0665\u0665\u0665-\u0660\u0661\u0664\u0662",  # Arabic-Indic
+                "2\u00a01\u00a02 5\ufeff5\u00ad5 0142",
+            ],
+            "2125550142",
+        ),
+        (["Ilić", "Ilic\u0301", "ILIĆ", "Ilic"], "ilic"),
+        (["Straße", "STRASSE", "strasse"], "strasse"),
+        (["ﬁne", "fine", "ＦＩＮＥ"], "fine"),
+    ],
+)
+def test_formatting_variants_normalize_alike(variants: list[str], expected: str | None) -> None:
+    forms = {normalize(v) for v in variants}
+    assert len(forms) == 1, forms
+    if expected is not None:
+        assert forms == {expected}
+
+
+def test_other_scripts_are_kept_and_symbols_dropped() -> None:
+    assert normalize("Привет, мир! 東京 – 2024 ✓ 🙂") == "приветмир東京2024"
+    assert normalize(" \t\n.,;:!?()[]{}<>@#$%^&*_-+=/\\|~`'\"") == ""
+
+
+def test_map_points_at_the_original_characters() -> None:
+    text = "A ﬁ-B\u200b２!"
+    norm, origin = normalize_with_map(text)
+    assert norm == normalize(text) == "afib2"
+    assert origin == [0, 2, 2, 4, 6]
+    assert [normalize(text[i]) for i in sorted(set(origin))] == ["a", "fi", "b", "2"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_normalization_is_per_character(a: str, b: str) -> None:
+    assert normalize(a + b) == normalize(a) + normalize(b)
+    norm, origin = normalize_with_map(a + b)
+    assert norm == normalize(a + b)
+    assert origin == sorted(origin) and len(origin) == len(norm)
+    assert "".join(normalize((a + b)[i]) for i in sorted(set(origin))) == norm
+
+
+# --- shingle sets and guards ----------------------------------------------------------------
+
+PRIVATE = [
+    "Customer: Hi, this is Dana Whitaker. My phone is (212) 555-0142.",
+    "Agent: Thanks. Your ticket 40012 is at 14 Orchard Lane; thanks for the help.",
+]
+PUBLIC = [
+    "Customer: Hi, this is the public help page. Thanks for the help!",
+    "Orchard Lane is a street in the old town.",
+]
+
+
+@pytest.fixture(scope="module")
+def sets() -> ShingleSets:
+    corpus = [("private", t) for t in PRIVATE] + [("public", t) for t in PUBLIC]
+    return ShingleSets.build(corpus, key=KEY)
+
+
+def test_sets_hold_exactly_the_distinct_shingles_of_each_class(sets: ShingleSets) -> None:
+    assert sets.classes == ("private", "public")
+    assert sets.count("private") == len(set().union(*map(_windows, PRIVATE)))
+    assert sets.count("public") == len(set().union(*map(_windows, PUBLIC)))
+    assert sets.count("proprietary") == 0
+    assert sets.nbytes == 8 * (sets.count("private") + sets.count("public"))
+
+
+def test_shingles_never_span_two_records() -> None:
+    built = ShingleSets.build([("private", "aaaaabbbbb"), ("private", "cccccddddd")], key=KEY)
+    guard = built.guard_for(frozenset({"private"}))
+    assert len(guard) == 2
+    assert guard.touches("aaaaabbbbb") and guard.touches("cccccddddd")
+    assert not guard.touches("bbbbbccccc")
+
+
+def test_guard_is_withheld_minus_disclosed(sets: ShingleSets) -> None:
+    guard = sets.guard_for(frozenset({"private"}))
+    withheld = set().union(*map(_windows, PRIVATE)) - set().union(*map(_windows, PUBLIC))
+    assert len(guard) == len(withheld) and guard.nbytes == 8 * len(withheld)
+    assert guard.shingle_chars == K
+    for shingle in withheld:
+        assert guard.touches(shingle)
+    # Text the public records share with the private ones is not withheld.
+    for shared in ("Customer: Hi, this is", "thanks for the help", "Orchard Lane"):
+        assert shared.lower() in (PRIVATE[0] + PRIVATE[1]).lower()
+        assert not guard.touches(shared)
+    assert guard.touches("this is Dana Whitaker")
+    assert guard.touches("call 212 555 0142")
+    assert guard.touches("ticket #40012")
+    assert guard.touches("at 14 Orchard")
+
+
+def test_guard_cache_and_empty_sets(sets: ShingleSets) -> None:
+    assert sets.guard_for(frozenset({"private"})) is sets.guard_for(frozenset({"private"}))
+    for nothing in (frozenset(), frozenset({"proprietary"})):
+        empty = sets.guard_for(nothing)
+        assert len(empty) == 0 and empty.nbytes == 0
+        assert not empty.touches(PRIVATE[0]) and not empty.completes("Dana Whit", "aker")
+    everything = sets.guard_for(frozenset({"private", "public"}))
+    assert everything.touches(PUBLIC[1])  # withholding public too blocks public text
+
+
+def test_formatting_does_not_hide_withheld_text(sets: ShingleSets) -> None:
+    guard = sets.guard_for(frozenset({"private"}))
+    for disguised in (
+        "D A N A   W H I T A K E R",
+        "dana.whitaker",
+        "DANA\u200bWHITAKER",
+        "ｄａｎａ ｗｈｉｔａｋｅｒ",
+        "2\u20131\u20132\u20135\u20135\u20135\u20130\u20131\u20134\u20132",
+        "\u0662\u0661\u0662\u0665\u0665\u0665\u0660\u0661\u0664\u0662",
+    ):
+        assert guard.touches(disguised), disguised
+
+
+def _completes_oracle(withheld: set[str], context: str, addition: str) -> bool:
+    """Brute force: any withheld window of normalize(context + addition) that includes a
+    character produced by ``addition``."""
+    head, joined = len(normalize(context)), normalize(context + addition)
+    return any(
+        joined[i : i + K] in withheld for i in range(max(0, head - K + 1), len(joined) - K + 1)
+    )
+
+
+def test_completes_matches_the_oracle_on_chats() -> None:
+    chats = [r.text for r in private_records(6, random.Random(1))]
+    built = ShingleSets.build([("private", c) for c in chats[:3]], key=KEY)
+    guard = built.guard_for(frozenset({"private"}))
+    withheld = set().union(*map(_windows, chats[:3]))
+    rng = random.Random(0)
+    checked = hits = 0
+    for chat in chats:  # half withheld, half not
+        for _ in range(60):
+            cut = rng.randrange(len(chat))
+            end = min(len(chat), cut + rng.randrange(1, 6))
+            context = chat[rng.randrange(cut + 1) : cut]
+            addition = chat[cut:end]
+            expected = _completes_oracle(withheld, context, addition)
+            assert guard.completes(context, addition) == expected, (context, addition)
+            checked += 1
+            hits += expected
+    assert 0 < hits < checked
+
+
+_SECRET = "abab1ab1a b.1 bbab1ab a1bb1aa1ab"
+_NOISE = st.text(alphabet="ab1 .\u200b", max_size=6)
+_SECRET_GUARD = ShingleSets.build([("private", _SECRET)], key=KEY).guard_for(frozenset({"private"}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_NOISE, st.integers(0, len(_SECRET)), st.integers(0, 14), st.integers(0, 8), _NOISE)
+def test_completes_matches_the_oracle_on_random_text(
+    before: str, start: int, ctx_len: int, add_len: int, after: str
+) -> None:
+    """Contexts and additions cut from the secret with noise around them, so that both
+    answers occur often (a random text over this alphabet would almost never match)."""
+    context = before + _SECRET[start : start + ctx_len]
+    addition = _SECRET[start + ctx_len : start + ctx_len + add_len] + after
+    assert _SECRET_GUARD.completes(context, addition) == _completes_oracle(
+        _windows(_SECRET), context, addition
+    )
+
+
+def test_completes_ignores_what_the_context_already_held(sets: ShingleSets) -> None:
+    guard = sets.guard_for(frozenset({"private"}))
+    secret = "this is Dana Whitaker"
+    assert guard.touches(secret)
+    assert not guard.completes(secret, ".")  # adds no letter or digit
+    assert not guard.completes(secret, " and")  # "whitakeran" is no private shingle
+    assert guard.completes("this is Dana Whit", "aker")
+    # Only the tail matters: a long context with the secret's start at its end still counts,
+    # and separators between the parts do not hide it.
+    assert guard.completes("x" * 100_000 + " Dana Whit", "aker")
+    assert guard.completes("Dana Whit" + " " * 5_000, "aker")
+    assert not guard.completes("Dana Whit" + "x", "aker")
+
+
+def test_another_key_gives_other_hashes_and_the_same_answers() -> None:
+    corpus = [("private", PRIVATE[0]), ("public", PUBLIC[0])]
+    a = ShingleSets.build(corpus, key=b"a" * 32)
+    b = ShingleSets.build(corpus, key=b"b" * 32)
+    ga, gb = a.guard_for(frozenset({"private"})), b.guard_for(frozenset({"private"}))
+    assert a.key_id != b.key_id
+    assert not set(ga._hashes.tolist()) & set(gb._hashes.tolist())
+    for text in [*PRIVATE, *PUBLIC, "Dana Whitaker", "(212) 555-0142"]:
+        assert ga.touches(text) == gb.touches(text)
+
+
+@pytest.mark.parametrize("k", [6, 12, 64])
+def test_other_shingle_lengths(k: int) -> None:
+    text = "abcdefghijklmnopqrstuvwxyz0123456789" * 2
+    built = ShingleSets.build([("private", text)], key=KEY, shingle_chars=k)
+    guard = built.guard_for(frozenset({"private"}))
+    assert guard.shingle_chars == k and len(guard) == len(_windows(text, k))
+    assert guard.touches(text[:k]) and not guard.touches(text[: k - 1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "corpus"),
+    [
+        ({"shingle_chars": 5}, [("private", "x")]),
+        ({"shingle_chars": 65}, [("private", "x")]),
+        ({"key": b""}, [("private", "x")]),
+        ({}, [("../etc", "x")]),
+        ({}, [("Private", "x")]),
+    ],
+)
+def test_bad_arguments_are_config_errors(
+    kwargs: dict[str, object], corpus: list[tuple[str, str]]
+) -> None:
+    args: dict[str, object] = {"key": KEY, **kwargs}
+    with pytest.raises(ConfigError):
+        ShingleSets.build(corpus, **args)  # type: ignore[arg-type]
+
+
+# --- persistence ----------------------------------------------------------------------------
+
+
+def test_save_load_roundtrip_is_memory_mapped_and_keeps_the_key_private(
+    sets: ShingleSets, tmp_path: Path
+) -> None:
+    sets.save(tmp_path / "g")
+    manifest = json.loads((tmp_path / "g" / MANIFEST_FILE).read_text())
+    assert manifest["key_id"] == sets.key_id and KEY.hex() not in json.dumps(manifest)
+    assert manifest["classes"]["private"]["count"] == sets.count("private")
+    assert stat.S_IMODE((tmp_path / "g" / KEY_FILE).stat().st_mode) == 0o600
+    loaded = ShingleSets.load(tmp_path / "g")
+    assert isinstance(loaded._arrays["private"], np.memmap)
+    original, again = (
+        sets.guard_for(frozenset({"private"})),
+        loaded.guard_for(frozenset({"private"})),
+    )
+    for text in [*PRIVATE, *PUBLIC, "Dana Whitaker", "ticket 40012"]:
+        assert original.touches(text) == again.touches(text)
+    assert np.array_equal(original._hashes, again._hashes)
+
+
+@pytest.mark.parametrize("damage", ["array", "key", "manifest", "missing-array"])
+def test_damaged_guard_is_refused(sets: ShingleSets, tmp_path: Path, damage: str) -> None:
+    directory = tmp_path / "g"
+    sets.save(directory)
+    if damage == "array":
+        path = directory / "private.npy"
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "key":
+        (directory / KEY_FILE).write_bytes(os.urandom(32))
+    elif damage == "manifest":
+        (directory / MANIFEST_FILE).write_text("{not json")
+    else:
+        (directory / "public.npy").unlink()
+    with pytest.raises(IntegrityError):
+        ShingleSets.load(directory)
+
+
+def test_unfinished_guard_is_not_a_guard(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a finished guard"):
+        ShingleSets.load(tmp_path)
+
+
+# --- build integration ----------------------------------------------------------------------
+
+
+def _record(i: int, text: str, data_class: str) -> Record:
+    return Record(
+        id=f"r{i}",
+        text=text,
+        source=Source(title="t", publisher="p", url="", license="x", data_class=data_class),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def index_dir(tmp_path: Path) -> Path:
+    records = [_record(i, t, "private") for i, t in enumerate(PRIVATE)]
+    records += [_record(10 + i, t, "public") for i, t in enumerate(PUBLIC)]
+    Catalog.create(tmp_path / layout.CATALOG, records).close()
+    return tmp_path
+
+
+def test_ensure_guard_builds_once_and_reuses_an_intact_guard(index_dir: Path) -> None:
+    with Catalog.open(index_dir / layout.CATALOG) as catalog:
+        first = ensure_guard(index_dir, catalog)
+        key = (index_dir / layout.GUARD / KEY_FILE).read_bytes()
+        assert first.corpus_id == catalog.manifest_hash
+        again = ensure_guard(index_dir, catalog)
+        assert (index_dir / layout.GUARD / KEY_FILE).read_bytes() == key  # reused, not rebuilt
+        assert again.key_id == first.key_id
+        # Damage makes the next ensure rebuild it (with a fresh key).
+        (index_dir / layout.GUARD / "private.npy").write_bytes(b"garbage")
+        rebuilt = ensure_guard(index_dir, catalog)
+        assert rebuilt.key_id != first.key_id
+        assert ShingleSets.load(index_dir / layout.GUARD).key_id == rebuilt.key_id
+        # Asking for another shingle length rebuilds too.
+        assert ensure_guard(index_dir, catalog, shingle_chars=12).shingle_chars == 12
+        assert ensure_guard(index_dir, catalog).shingle_chars == 12
+        assert build_guard(index_dir, catalog).shingle_chars == K
+
+
+def test_cli_guard_command_rebuilds_with_the_requested_length(index_dir: Path) -> None:
+    result = CliRunner().invoke(
+        cli_main, ["guard", "--index", str(index_dir), "--shingle-chars", "8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "8-character shingles" in result.output
+    assert ShingleSets.load(index_dir / layout.GUARD).shingle_chars == 8
+    bad = CliRunner().invoke(cli_main, ["guard", "--index", str(index_dir / layout.GUARD)])
+    assert bad.exit_code == 3 and "has no catalog.sqlite" in bad.output
+
+
+def test_engine_loads_the_guard_lazily(index_dir: Path, tmp_path: Path) -> None:
+    prop = AttributionEngine.__dict__["shingle_sets"].func
+    assert prop(SimpleNamespace(index_dir=index_dir)) is None
+    with Catalog.open(index_dir / layout.CATALOG) as catalog:
+        ensure_guard(index_dir, catalog)
+    loaded = prop(SimpleNamespace(index_dir=index_dir))
+    assert isinstance(loaded, ShingleSets)
+    assert isinstance(loaded.guard_for(frozenset({"private"})), WithheldGuard)
+    assert loaded.guard_for(frozenset({"private"})).touches("Dana Whitaker")
+
+
+# --- false positives on the demo corpus -------------------------------------------------------
+
+
+def test_demo_private_chats_touch_and_unseen_public_prose_does_not(tmp_path: Path) -> None:
+    from auditor_server.corpus.demo import generate_demo_corpus
+    from auditor_server.corpus.records import read_corpus
+
+    summary = generate_demo_corpus(tmp_path / "c.jsonl", size="tiny", seed=3)
+    records = read_corpus(summary.corpus_path)
+    built = ShingleSets.build([(r.source.data_class, r.text) for r in records], key=os.urandom(32))
+    guard = built.guard_for(frozenset({"private"}))
+    assert all(guard.touches(r.text) for r in records if r.source.data_class == "private")
+    assert not any(guard.touches(r.text) for r in records if r.source.data_class != "private")
+    prose = (
+        "Ada Lovelace was born in London and worked on the Analytical Engine. The capital "
+        "of France is Paris. Call the front desk if you need help with your account. "
+        "Grace Hopper was born in 1906. My package never arrived at my address."
+    )
+    assert not guard.touches(prose)
+    # The flip side, pinned here so it stays visible: chat boilerplate that no disclosed
+    # record contains is withheld like the rest of the chat.
+    assert guard.touches("Great, thanks for the help.")
