@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from auditor_client.campaign.types import ProbeRecord, ProbeSpec
+from auditor_client.wire._proto import audit_pb2 as pb
 
 __all__ = [
     "PROBES_DIR",
@@ -137,8 +138,9 @@ def load_checkpoint(out_dir: Path, spec: ProbeSpec) -> ProbeRecord | None:
     """The finished record of ``spec``, or ``None`` if it has no checkpoint yet.
 
     Raises:
-        CheckpointError: A checkpoint exists but does not parse, or records another probe
-            or other inputs; the caller reports it and runs the probe again.
+        CheckpointError: A checkpoint exists but does not parse, records another probe or
+            other inputs, or records a refusal without the lab's signed refusal (what an
+            older client wrote); the caller reports it and runs the probe again.
     """
     path = checkpoint_path(out_dir, spec.suite, spec.probe_id)
     if not path.exists():
@@ -150,12 +152,15 @@ def load_checkpoint(out_dir: Path, spec: ProbeSpec) -> ProbeRecord | None:
         record = ProbeRecord.from_json(obj)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a probe record ({exc!r})") from None
+    last: pb.ResponseBody | None = None
     for n, exchange in enumerate(record.exchanges):
         try:
             exchange.signed_request()
-            exchange.signed_response()
+            last = pb.ResponseBody.FromString(exchange.signed_response().body)
         except Exception as exc:  # base64 or protobuf decoding; both mean a damaged file
             raise CheckpointError(f"{path}: exchanges[{n}] does not decode ({exc})") from None
+    if "refused" in record.findings and (last is None or not last.HasField("refusal")):
+        raise CheckpointError(f"{path}: records a refusal without the lab's signed refusal")
     if (record.suite, record.probe_id) != (spec.suite, spec.probe_id):
         raise CheckpointError(
             f"{path}: records probe {record.suite}/{record.probe_id}, "

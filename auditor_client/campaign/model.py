@@ -14,6 +14,10 @@ Paths in the file are relative to the file's directory, so a campaign can be shi
 to the probe files it names and run from anywhere. Nothing here touches the network or the
 files the campaign names (keys, certificates): a shipped campaign can be planned before its
 keys exist, and command-line overrides replace those paths before anything reads them.
+
+The files the *suites* read (references, templates, prompts) are read through
+:class:`CampaignFiles`, which records each one: the campaign hash covers them and the
+report carries them, so a verifier plans the campaign again, offline, from the report alone.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ __all__ = [
     "SUITE_NAMES",
     "AuditorSettings",
     "Campaign",
+    "CampaignFiles",
     "ServerSettings",
     "canonical_json",
+    "file_sha256",
 ]
 
-SUITE_NAMES: Final = ("bias", "copyright", "toxicity")
+SUITE_NAMES: Final = ("bias", "copyright", "privacy", "toxicity")
 """Suite sections a campaign may have (each optional; at least one)."""
 
 DEFAULT_CONCURRENCY: Final = 4
@@ -177,6 +183,8 @@ class Campaign:
     """The validated document with defaults filled in (what the campaign hash covers)."""
     file_sha256: str
     """Hex SHA-256 of the file's bytes, recorded so a report names the exact file."""
+    text: str
+    """The file's text as read; a report carries it so a verifier can plan it again."""
 
     # --- construction ----------------------------------------------------------------------
 
@@ -269,6 +277,7 @@ class Campaign:
             ),
             document=MappingProxyType(complete),
             file_sha256=file_sha256 or hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            text=text,
         )
 
     # --- overrides -------------------------------------------------------------------------
@@ -363,6 +372,90 @@ class Campaign:
             raise CampaignError(f"{where}: cannot read {self.lab_key_file}: {exc}") from None
         _check_public_key(text, where)
         return text
+
+
+# ---------------------------------------------------------------------------- suite files
+
+
+class CampaignFiles:
+    """The files a campaign's suites read while planning, by the name the campaign gives each.
+
+    Suites read every file through one of these and never open paths themselves, so the
+    runner knows exactly which files, and which bytes, a plan came from: it hashes them into
+    the campaign hash and carries them in the report. A verifier plans the same campaign
+    again from those carried copies (:meth:`carried`) with the same planning code, so it
+    does not have to trust a single probe input the report states.
+
+    A name is the string as written in the campaign (``copyright_references.jsonl``),
+    relative to the campaign file's directory unless absolute; that string is the key in
+    :attr:`read` and in a report's ``campaign.files``.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_dir: Path | None,
+        carried: Mapping[str, str] | None,
+        where: str = "campaign.files",
+    ) -> None:
+        self._base_dir = base_dir
+        self._carried = carried
+        self._where = where
+        self._read: dict[str, str] = {}
+
+    @classmethod
+    def on_disk(cls, base_dir: Path) -> CampaignFiles:
+        """Files read from disk, relative to ``base_dir`` (the campaign file's directory)."""
+        return cls(base_dir=base_dir, carried=None)
+
+    @classmethod
+    def from_report(cls, texts: Mapping[str, str], *, where: str) -> CampaignFiles:
+        """Only the copies a report carries (``where`` names them in error messages)."""
+        return cls(base_dir=None, carried=dict(texts), where=where)
+
+    def label(self, name: str) -> str:
+        """How messages name the file: its path on disk, or its entry in the report."""
+        if self._carried is not None:
+            return f"{self._where}[{json.dumps(name)}]"
+        return str(self._path(name))
+
+    def read_text(self, name: str) -> str:
+        """The file's text (UTF-8), recorded in :attr:`read`.
+
+        Raises:
+            FileNotFoundError: No such file (on disk, or among the carried copies).
+            OSError, UnicodeDecodeError: It cannot be read as UTF-8 text.
+        """
+        known = self._read.get(name)
+        if known is not None:
+            return known
+        if self._carried is not None:
+            if name not in self._carried:
+                raise FileNotFoundError(name)
+            text = self._carried[name]
+        else:
+            path = self._path(name)
+            if not path.is_file():
+                raise FileNotFoundError(str(path))
+            text = path.read_bytes().decode("utf-8")
+        self._read[name] = text
+        return text
+
+    @property
+    def read(self) -> Mapping[str, str]:
+        """Every file read so far: name -> text, sorted by name."""
+        return MappingProxyType(dict(sorted(self._read.items())))
+
+    def _path(self, name: str) -> Path:
+        path = Path(name)
+        if path.is_absolute() or self._base_dir is None:
+            return path
+        return self._base_dir / path
+
+
+def file_sha256(text: str) -> str:
+    """Hex SHA-256 of a carried file's UTF-8 bytes (how the campaign hash names it)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -3,17 +3,26 @@ one the moment it finishes, and close with a proof that the lab's ledger only gr
 
 Output directory (``OUT``)::
 
-    campaign.json              what ran, against which lab snapshot/policy/model, as whom
+    campaign.json              what ran, against which lab snapshot/policy/model, as whom,
+                               and the campaign file and every file it names (the inputs a
+                               verifier plans the campaign again from)
     probes/<suite>/<id>.json   one ProbeRecord per finished probe (atomic, never rewritten)
     ledger.json                the lab's final signed tree head and a verified consistency
                                proof from every tree size seen in any receipt to it
 
-Failure policy, by who is at fault:
+Each probe makes exactly the calls its suite's pure ``next_call`` implies (the verifier
+asks the same function which signed requests a record must hold). Failure policy, by who
+is at fault:
 
 - The lab refuses one probe because of what it asks (``PERMISSION_DENIED``: the role may
-  not call a method the suite needs; ``INVALID_ARGUMENT``): the refusal is itself a finding
-  (the policy denied it), so it is checkpointed as a record with no exchanges and the run
-  goes on.
+  not call a method the suite needs; ``INVALID_ARGUMENT``) *and signs that refusal*: the
+  refusal is itself a finding (the policy denied it), so it is checkpointed as a record
+  whose last exchange is the lab's signed, logged refusal, and the run goes on.
+- The same refusal *without* the lab's signature (a lab that does not sign refusals, or
+  something between us and the lab answering in its name): nothing proves the lab said it,
+  so it is not recorded as a finding. The probe stays unfinished and the run stops as
+  below (reason ``unproven_refusal``); a report can only call a probe "refused by the lab"
+  with the lab's signature.
 - The lab cannot serve more now (``RESOURCE_EXHAUSTED``: quota; ``UNAVAILABLE`` /
   ``DEADLINE_EXCEEDED`` after the client's own retries): nothing new is scheduled, probes in
   flight finish and are checkpointed, the stop is recorded, and :class:`CampaignStopped`
@@ -48,8 +57,23 @@ from auditor_client.campaign.checkpoint import (
     read_json,
     write_checkpoint,
 )
-from auditor_client.campaign.model import MAX_CONCURRENCY, Campaign, canonical_json
-from auditor_client.campaign.types import JSON, Exchange, ProbeRecord, ProbeSpec, Suite
+from auditor_client.campaign.model import (
+    MAX_CONCURRENCY,
+    Campaign,
+    CampaignFiles,
+    canonical_json,
+    file_sha256,
+)
+from auditor_client.campaign.types import (
+    JSON,
+    PROBE_REFUSAL_CODES,
+    Exchange,
+    ProbeRecord,
+    ProbeSpec,
+    Suite,
+    drive,
+    refusal_findings,
+)
 from auditor_client.client import AuditorClient, TLSConfig, Verified
 from auditor_client.errors import CampaignError, CampaignStopped, ServerRefusedError
 from auditor_client.wire import merkle
@@ -65,6 +89,7 @@ __all__ = [
     "Plan",
     "RunSummary",
     "SuiteRegistry",
+    "carried_inputs",
     "connect",
     "plan_campaign",
     "run_campaign",
@@ -72,16 +97,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION: Final = 1
-"""Version of the ``campaign.json`` and ``ledger.json`` layouts."""
+FORMAT_VERSION: Final = 2
+"""Version of the ``campaign.json`` and ``ledger.json`` layouts (2: they carry the campaign's
+input files, and the lab's signed refusal where it refused tree heads)."""
 CAMPAIGN_FILE: Final = "campaign.json"
 LEDGER_FILE: Final = "ledger.json"
 _LOCK_FILE: Final = ".lock"
 
 STOP_CODES: Final = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
-"""Refusals that mean "not now": stop scheduling and let the auditor resume later."""
-PROBE_REFUSAL_CODES: Final = frozenset({"PERMISSION_DENIED", "INVALID_ARGUMENT"})
-"""Refusals of one probe's request: recorded as that probe's outcome, and the run goes on."""
+"""Refusals that mean "not now": stop scheduling and let the auditor resume later.
+
+A refusal in :data:`PROBE_REFUSAL_CODES` that comes without the lab's signature stops the
+run the same way (it cannot be recorded as the lab's)."""
 
 SuiteRegistry = Mapping[str, Suite]
 ClientFactory = Callable[[Campaign], AuditorClient]
@@ -94,8 +121,11 @@ class Plan:
     specs: tuple[ProbeSpec, ...]
     per_suite: Mapping[str, int]
     """Probe count per suite (suites in name order)."""
+    files: Mapping[str, str]
+    """Every file the suites read to plan: name as the campaign writes it -> text."""
     campaign_hash: str
-    """Hex SHA-256 of canonical JSON of the validated document and every spec's inputs."""
+    """Hex SHA-256 of canonical JSON of the validated document, the SHA-256 of every file
+    in :attr:`files` by name, and every spec's inputs (see :func:`plan_campaign`)."""
 
 
 @dataclass(frozen=True)
@@ -131,27 +161,45 @@ def _default_suites() -> SuiteRegistry:
     return registry
 
 
-def plan_campaign(campaign: Campaign, *, suites: SuiteRegistry | None = None) -> Plan:
+def plan_campaign(
+    campaign: Campaign,
+    *,
+    suites: SuiteRegistry | None = None,
+    files: CampaignFiles | None = None,
+    where: str | None = None,
+) -> Plan:
     """Plan every suite of ``campaign`` (no network) and compute the campaign hash.
 
-    The hash covers the specs' inputs, not only the campaign file, so it changes when a
-    reference or probe file a suite reads changes even if the campaign file does not; and
-    it ignores YAML layout and comments (it hashes the parsed document).
+    The runner plans from the files on disk; ``auditor verify`` plans the same campaign
+    again with this very function from the copies a report carries, so both sides agree on
+    every probe and every input by construction.
+
+    The hash covers the parsed campaign document, every file a suite read (by name and
+    SHA-256) and the specs' inputs: it changes when a reference, template or prompt file
+    changes even if the campaign file does not, and it ignores YAML layout and comments.
+
+    Args:
+        campaign: The validated campaign.
+        suites: Suite registry (default: the shipped suites).
+        files: Where suites read their files (default: the disk, relative to the campaign
+            file's directory).
+        where: How errors name the campaign (default: its path).
 
     Raises:
-        CampaignError: An unknown suite, a suite's invalid section (raised by the suite),
-            duplicate or empty probe ids, or inputs that are not JSON.
+        CampaignError: An unknown suite, a suite's invalid section or file (raised by the
+            suite), duplicate or empty probe ids, or inputs that are not JSON.
     """
     registry = _default_suites() if suites is None else suites
+    source = CampaignFiles.on_disk(campaign.base_dir) if files is None else files
     specs: list[ProbeSpec] = []
     per_suite: dict[str, int] = {}
-    where = str(campaign.path)
+    where = str(campaign.path) if where is None else where
     for name, section in campaign.suites.items():
         suite = registry.get(name)
         if suite is None:
             known = ", ".join(sorted(registry)) or "none"
             raise CampaignError(f"{where}: suites.{name}: no such suite (available: {known})")
-        planned = suite.plan(dict(section), base_dir=campaign.base_dir, seed=campaign.seed)
+        planned = suite.plan(dict(section), files=source, seed=campaign.seed)
         seen: set[str] = set()
         for n, spec in enumerate(planned):
             if spec.suite != name:
@@ -168,10 +216,12 @@ def plan_campaign(campaign: Campaign, *, suites: SuiteRegistry | None = None) ->
             seen.add(spec.probe_id)
         specs.extend(planned)
         per_suite[name] = len(planned)
+    read = source.read
     try:
         material = canonical_json(
             {
                 "campaign": dict(campaign.document),
+                "files": {name: file_sha256(text) for name, text in read.items()},
                 "specs": [
                     {"suite": s.suite, "probe_id": s.probe_id, "inputs": s.inputs} for s in specs
                 ],
@@ -184,8 +234,23 @@ def plan_campaign(campaign: Campaign, *, suites: SuiteRegistry | None = None) ->
     return Plan(
         specs=tuple(specs),
         per_suite=MappingProxyType(per_suite),
+        files=read,
         campaign_hash=hashlib.sha256(material).hexdigest(),
     )
+
+
+def carried_inputs(campaign: Campaign, plan: Plan) -> JSON:
+    """What ``campaign.json`` (and so the report) carries to plan the campaign again.
+
+    The campaign file's text and every file its suites read, each with its SHA-256; the
+    names are the strings the campaign uses for them.
+    """
+    return {
+        "campaign_file_text": campaign.text,
+        "files": {
+            name: {"sha256": file_sha256(text), "text": text} for name, text in plan.files.items()
+        },
+    }
 
 
 # ---------------------------------------------------------------------------- connecting
@@ -343,11 +408,20 @@ def _lab_info(method: str, verified: Verified) -> JSON:
     }
 
 
+def _unproven(exc: BaseException) -> bool:
+    """A refusal that would be a probe's outcome, but without the lab's signature."""
+    return (
+        isinstance(exc, ServerRefusedError)
+        and exc.code in PROBE_REFUSAL_CODES
+        and exc.evidence is None
+    )
+
+
 def _severity(exc: BaseException) -> int:
     """Which failure wins when several probes fail at once (the worst is reported)."""
     if isinstance(exc, WireVerificationError):
         return 3
-    if isinstance(exc, ServerRefusedError) and exc.code in STOP_CODES:
+    if isinstance(exc, ServerRefusedError) and (exc.code in STOP_CODES or _unproven(exc)):
         return 0
     if isinstance(exc, ServerRefusedError):
         return 1
@@ -362,7 +436,7 @@ def _stop_record(exc: BaseException) -> JSON:
             "RESOURCE_EXHAUSTED": "quota",
             "UNAVAILABLE": "unavailable",
             "DEADLINE_EXCEEDED": "deadline_exceeded",
-        }.get(exc.code, "refused")
+        }.get(exc.code, "unproven_refusal" if _unproven(exc) else "refused")
         return {
             "reason": reason,
             "code": exc.code,
@@ -426,6 +500,7 @@ class _Run:
                 "campaign_hash": self.plan.campaign_hash,
                 "campaign_file": str(c.path),
                 "campaign_file_sha256": c.file_sha256,
+                **carried_inputs(c, self.plan),
                 "seed": c.seed,
                 "specs": dict(self.plan.per_suite),
                 "total_specs": len(self.plan.specs),
@@ -576,7 +651,7 @@ class _Run:
                         record = future.result()
                         done.append(record)
                         self.ran += 1
-                        if "refused" in record.findings and not record.exchanges:
+                        if "refused" in record.findings:
                             self.refused += 1
                         bar.update(1)
                         continue
@@ -595,30 +670,43 @@ class _Run:
         return failure
 
     def _probe(self, spec: ProbeSpec) -> ProbeRecord:
-        """Run one probe (in a worker thread) and checkpoint it the moment it finishes."""
+        """Run one probe (in a worker thread) and checkpoint it the moment it finishes.
+
+        The calls are the ones the suite's ``next_call`` implies, made by :func:`drive`; a
+        signed refusal of one of them ends the probe with the refusal as its last exchange.
+
+        Raises:
+            ServerRefusedError: A refusal that is not this probe's outcome (a stop, a
+                refused key) or one the lab did not sign; nothing is checkpointed.
+        """
         suite = self.registry[spec.suite]
         started = _now_ms()
+        made: list[Verified] = []
+        notes: tuple[str, ...] = ()
         try:
-            record = suite.run(spec, self.client)
+            drive(suite, spec, self.client, made)
         except ServerRefusedError as exc:
-            if exc.code not in PROBE_REFUSAL_CODES:
+            evidence = exc.evidence
+            if exc.code not in PROBE_REFUSAL_CODES or not isinstance(evidence, Verified):
                 raise
-            where = f" (ledger leaf {exc.ledger_leaf})" if exc.ledger_leaf is not None else ""
-            record = ProbeRecord(
-                suite=spec.suite,
-                probe_id=spec.probe_id,
-                inputs=spec.inputs,
-                exchanges=(),
-                findings={"refused": exc.code, "message": exc.message},
-                started_ms=started,
-                finished_ms=_now_ms(),
-                notes=(f"the lab refused this probe: {exc.code}{where}",),
+            made.append(evidence)
+            findings = refusal_findings(evidence.body)
+            notes = (
+                f"the lab refused this probe: {exc.code} "
+                f"(signed, ledger leaf {evidence.response.receipt.leaf_index})",
             )
-        if (record.suite, record.probe_id) != (spec.suite, spec.probe_id):
-            raise CampaignError(
-                f"suite {spec.suite} returned the record of {record.suite}/{record.probe_id} "
-                f"for probe {spec.probe_id}"
-            )
+        else:
+            findings = suite.findings(spec, [v.body for v in made])
+        record = ProbeRecord(
+            suite=spec.suite,
+            probe_id=spec.probe_id,
+            inputs=spec.inputs,
+            exchanges=tuple(Exchange.of(v) for v in made),
+            findings=findings,
+            started_ms=started,
+            finished_ms=_now_ms(),
+            notes=notes,
+        )
         write_checkpoint(self.out_dir, record)
         return record
 
@@ -653,8 +741,9 @@ class _Run:
         try:
             final = self.client.tree_head()
         except ServerRefusedError as exc:
-            if exc.code != "PERMISSION_DENIED":
-                raise
+            evidence = exc.evidence
+            if exc.code != "PERMISSION_DENIED" or not isinstance(evidence, Verified):
+                raise  # unsigned: a stop (see _severity), never recorded as the lab's word
             log.warning("this role may not ask for tree heads; ledger consistency not checked")
             atomic_write_json(
                 self.out_dir / LEDGER_FILE,
@@ -662,7 +751,11 @@ class _Run:
                     "format": FORMAT_VERSION,
                     "final_head": None,
                     "consistency": [],
-                    "refused": {"code": exc.code, "message": exc.message},
+                    "refused": {
+                        "code": evidence.body.refusal.code,
+                        "message": evidence.body.refusal.message,
+                        "exchange": Exchange.of(evidence).to_json(),
+                    },
                 },
             )
             return 0
@@ -711,6 +804,13 @@ class _Run:
 
 def _as_stop(exc: BaseException) -> BaseException:
     """A stop-worthy refusal as :class:`CampaignStopped`; anything else as it is."""
+    if _unproven(exc):
+        assert isinstance(exc, ServerRefusedError)
+        return CampaignStopped(
+            f"stopped: the lab answered {exc.code} ({exc.message}) without a signed refusal, "
+            "so it cannot be reported as the lab's; that probe is unfinished and finished "
+            "probes are checkpointed; resume with --resume once the lab signs its refusals"
+        )
     if isinstance(exc, ServerRefusedError) and exc.code in STOP_CODES:
         return CampaignStopped(
             f"stopped: the lab answered {exc.code}: {exc.message}; finished probes are "

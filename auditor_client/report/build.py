@@ -1,25 +1,34 @@
 """Assemble a campaign's output directory into one verifiable report, and render it.
 
-``report.json`` is the evidence: the campaign header, every probe record with its signed
-exchanges, the suite summaries and the ledger proofs, in one file a regulator re-verifies
-offline (:mod:`auditor_client.report.verify`). ``index.html`` and ``report.md`` are views
-of it for people; they are regenerated from ``report.json`` alone, so they can never say
-something the evidence does not.
+``report.json`` is the evidence: the campaign header with the campaign file and every file
+it names, every probe record with its signed exchanges, the suite summaries and the ledger
+proofs, in one file a regulator re-verifies offline (:mod:`auditor_client.report.verify`).
+``index.html`` and ``report.md`` are views of it for people; they are regenerated from
+``report.json`` alone, so they can never say something the evidence does not.
 
-Format ``auditor-sandbox-report/v1``::
+Format ``auditor-sandbox-report/v2``::
 
     {
-      "format": "auditor-sandbox-report/v1",
-      "campaign": {...campaign.json as the runner wrote it...},
+      "format": "auditor-sandbox-report/v2",
+      "campaign": {...campaign.json as the runner wrote it, including
+                   "campaign_file_text": the campaign file, verbatim,
+                   "files": {name: {"sha256", "text"}} every file its suites read...},
       "lab": {"snapshot_id", "policy_hash", "model_hash",
               "policy_hashes": [every policy hash the answers carry, first seen first]},
       "auditor": {"id", "public_key"},
-      "probes": [ProbeRecord.to_json(), sorted by suite then probe_id],
-      "findings": {suite: Suite.summarize(that suite's records, in report order)},
+      "plan": {"probes": planned, "reported": in this report, "complete": bool},
+      "probes": [ProbeRecord.to_json(), in plan order: a prefix of the plan],
+      "findings": {suite: Suite.summarize(that suite's records, in plan order)},
       "ledger": {...ledger.json: final_head exchange and consistency proofs...},
       "verification": {"status": "verified" | "not_checked" | "failed", ...},
       "generated_ms": Unix ms
     }
+
+Probes follow the campaign's plan, which the builder computes again from the carried inputs
+with the runner's own planning code (so does the verifier). A run that stopped early reports
+the longest finished prefix of the plan: probes finished after an unfinished one (they ran
+concurrently) wait in their checkpoints for ``--resume``, so a partial report can only ever
+be missing the tail of the plan, and ``plan.complete`` says so.
 
 ``verification`` is the builder's own check at build time, shown in the rendered header;
 ``auditor verify`` never trusts it and recomputes everything.
@@ -38,6 +47,8 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from auditor_client.campaign.checkpoint import atomic_write_bytes
+from auditor_client.campaign.model import Campaign, CampaignFiles
+from auditor_client.campaign.runner import Plan, plan_campaign
 from auditor_client.campaign.types import JSON, ProbeRecord, Suite
 from auditor_client.errors import CampaignError
 from auditor_client.keys import KeyFileError, decode_public_key
@@ -48,6 +59,7 @@ from auditor_client.report.verify import (
     campaign_exchanges,
     default_suites,
     group_by_suite,
+    plan_summary,
     verify_report_data,
 )
 from auditor_client.wire import digests
@@ -87,8 +99,9 @@ def write_report(
         The path of ``report.json``.
 
     Raises:
-        CampaignError: the directory lacks ``campaign.json`` or holds an unreadable probe
-            record or a suite no registered code knows.
+        CampaignError: the directory lacks ``campaign.json`` (or it carries no campaign
+            inputs: an older client's run), the campaign does not plan, or a probe record
+            is unreadable or not a probe of the plan.
     """
     suites = suites if suites is not None else default_suites()
     report = build_report(out_dir, suites=suites)
@@ -122,7 +135,8 @@ def build_report(out_dir: Path, *, suites: Mapping[str, Suite]) -> JSON:
     """
     campaign = _read_object(out_dir / CAMPAIGN_FILE, required=True)
     assert campaign is not None  # required=True never returns None
-    records = _read_probes(out_dir / PROBES_DIR)
+    plan = _plan(out_dir / CAMPAIGN_FILE, campaign, suites)
+    records = _in_plan_order(plan, _read_probes(out_dir / PROBES_DIR), out_dir / PROBES_DIR)
     findings: JSON = {}
     for suite, suite_records in group_by_suite(records).items():
         code = suites.get(suite)
@@ -144,6 +158,7 @@ def build_report(out_dir: Path, *, suites: Mapping[str, Suite]) -> JSON:
             "policy_hashes": _policy_hashes(campaign, records, ledger),
         },
         "auditor": {"id": auditor.get("id", ""), "public_key": auditor.get("public_key", "")},
+        "plan": plan_summary(planned=len(plan.specs), reported=len(records)),
         "probes": [r.to_json() for r in records],
         "findings": findings,
         "ledger": ledger,
@@ -199,6 +214,48 @@ def _read_object(path: Path, *, required: bool) -> JSON | None:
     return obj
 
 
+def _plan(path: Path, campaign: Mapping[str, Any], suites: Mapping[str, Suite]) -> Plan:
+    """The campaign's plan, from the inputs ``campaign.json`` carries (as the verifier does).
+
+    Raises:
+        CampaignError: no carried inputs (an older client's run), or they do not plan.
+    """
+    text, files = campaign.get("campaign_file_text"), campaign.get("files")
+    if not isinstance(text, str) or not isinstance(files, Mapping):
+        raise CampaignError(
+            f"{path}: carries no campaign inputs (written by an older client?); run the "
+            "campaign again with this client to get a verifiable report"
+        )
+    texts = {str(k): str(_mapping(v).get("text", "")) for k, v in files.items()}
+    return plan_campaign(
+        Campaign.from_yaml(text, source=f"{path}: campaign_file_text"),
+        suites=suites,
+        files=CampaignFiles.from_report(texts, where=f"{path}: files"),
+        where=str(path),
+    )
+
+
+def _in_plan_order(plan: Plan, records: list[ProbeRecord], probes_dir: Path) -> list[ProbeRecord]:
+    """The longest prefix of the plan whose probes all finished, in plan order.
+
+    Raises:
+        CampaignError: a record is not a probe of the plan.
+    """
+    by_key = {(r.suite, r.probe_id): r for r in records}
+    planned = {(s.suite, s.probe_id) for s in plan.specs}
+    for suite, probe_id in sorted(set(by_key) - planned):
+        raise CampaignError(
+            f"{probes_dir / suite}: {probe_id!r} is not a probe of this campaign's plan"
+        )
+    ordered: list[ProbeRecord] = []
+    for spec in plan.specs:
+        record = by_key.get((spec.suite, spec.probe_id))
+        if record is None:
+            break
+        ordered.append(record)
+    return ordered
+
+
 def _read_probes(probes_dir: Path) -> list[ProbeRecord]:
     records: list[ProbeRecord] = []
     for path in sorted(probes_dir.glob("*/*.json")) if probes_dir.is_dir() else []:
@@ -223,6 +280,7 @@ def _policy_hashes(
     exchanges += [e.to_json() for r in records for e in r.exchanges]
     if ledger is not None:
         exchanges.append(ledger.get("final_head"))
+        exchanges.append(_mapping(ledger.get("refused")).get("exchange"))
         exchanges += [_mapping(c).get("exchange") for c in ledger.get("consistency") or ()]
     first_seen: dict[str, int] = {}
     for exchange in exchanges:

@@ -1,20 +1,31 @@
 """Re-verify a campaign report offline, with nothing but the lab's public key.
 
 A report (``report.json``, see :mod:`auditor_client.report.build`) carries every signed
-exchange a campaign made. A regulator holding the lab's public key checks, without talking
-to anyone:
+exchange a campaign made and every input the campaign was planned from. A regulator holding
+the lab's public key checks, without talking to anyone:
 
-1. every request was signed by the auditor the report names (so the auditor cannot claim
-   answers to questions it never asked, and the lab cannot be blamed for forged ones);
-2. every answer was signed by the lab, answers exactly that request (digest, method, batch
-   position), and is included in the lab's append-only ledger under a signed tree head;
-3. every tree head a receipt used is consistent with the final head the campaign fetched
-   (stored consistency proofs), so the lab cannot have shown different auditors different
-   logs, and, with ``newer_head``, that the lab's current log still extends that head;
-4. every answer came from the snapshot and model the report names, under a policy the
+1. the campaign: the carried campaign file and every file it names hash to what the report
+   says, the campaign hash is what they give, and planning them again with the runner's own
+   :func:`~auditor_client.campaign.runner.plan_campaign` gives the report's probes, in
+   order, with the same inputs (nothing dropped, added, reordered or relabelled; a run that
+   stopped early may report a prefix of the plan, and must say so);
+2. every request was signed by the auditor the report names, and its body is exactly the
+   request the probe's planned inputs imply (the suite's pure ``next_call``, fed the
+   *verified* earlier answers where a request depends on them), so no exchange can be
+   moved to another probe and no input edited after the fact;
+3. every answer was signed by the lab, answers exactly that request (digest, method, batch
+   position), and is included in the lab's append-only ledger under a signed tree head; a
+   probe reported as refused ends with the lab's signed, logged refusal of the request it
+   made, and its code is the one the report shows;
+4. every tree head a receipt used is consistent with the final head the campaign fetched
+   (stored consistency proofs), so the lab did not rewrite, during the campaign, the log
+   this auditor was shown, and, with ``newer_head``, that the lab's current log still
+   extends that head (whether *other* auditors were shown the same log, a report alone
+   cannot tell: only comparing heads can, ``auditor head export``/``import``);
+5. every answer came from the snapshot and model the report names, under a policy the
    report lists (a mid-campaign policy change is allowed but never hidden);
-5. every finding and every suite summary is what the suite's pure code recomputes from
-   the verified answers, so an edited number is caught.
+6. every finding and every suite summary is what the suite's pure code recomputes from the
+   planned inputs and the verified answers, so an edited number is caught.
 
 The first failure raises :class:`~auditor_client.report.errors.ReportVerificationError`
 naming the entry; nothing is "mostly verified".
@@ -27,19 +38,30 @@ import binascii
 import importlib
 import json
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from auditor_client.campaign.types import JSON, ProbeRecord, ProbeSpec, Suite
+from auditor_client.campaign.model import Campaign, CampaignFiles, file_sha256
+from auditor_client.campaign.runner import Plan, plan_campaign
+from auditor_client.campaign.types import (
+    JSON,
+    PROBE_REFUSAL_CODES,
+    Call,
+    ProbeRecord,
+    ProbeSpec,
+    Suite,
+    refusal_findings,
+)
+from auditor_client.errors import CampaignError
 from auditor_client.keys import KeyFileError, decode_public_key
 from auditor_client.report.errors import ReportVerificationError
 from auditor_client.wire import digests, merkle
@@ -54,8 +76,9 @@ from auditor_client.wire.receipts import verify_answer
 
 M = TypeVar("M", bound=Message)
 
-REPORT_FORMAT = "auditor-sandbox-report/v1"
-"""The ``format`` of a report this module can verify."""
+REPORT_FORMAT = "auditor-sandbox-report/v2"
+"""The ``format`` of a report this module can verify (v2: it carries the campaign's inputs,
+its probes follow the plan, refusals carry the lab's signature)."""
 
 NEWER_HEAD_FORMAT = "auditor-sandbox-newer-head/v1"
 """The ``format`` of a file written by ``auditor head``."""
@@ -63,8 +86,11 @@ NEWER_HEAD_FORMAT = "auditor-sandbox-newer-head/v1"
 CAMPAIGN_METHODS = frozenset({"GetPolicy", "WhoAmI"})
 """Methods the campaign's opening exchange may use (it records who the lab thinks we are)."""
 
-STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode)
-"""gRPC status names: the only values a refused probe's ``refused`` field may hold."""
+CAMPAIGN_TEXT = "campaign.campaign_file_text"
+CAMPAIGN_FILES = "campaign.files"
+
+_FILE_ENTRY = re.compile(r'campaign\.files\["(?:[^"\\]|\\.)*"\]')
+"""A carried file's entry inside a planning error (the suites name files by their label)."""
 
 _FLOAT_REL_TOL = 1e-9
 """Relative tolerance for recomputed floats: a sum over a differently ordered set may differ
@@ -78,7 +104,9 @@ class VerifySummary:
     Attributes:
         answers: signed answers verified (request signature, lab signature, binding, receipt).
         probes: probe records checked (refused ones included).
-        refused_probes: probes the lab refused outright (no answers to verify).
+        planned: probes the campaign plans (more than ``probes`` in a partial report of a
+            run that stopped early).
+        refused_probes: probes whose outcome is the lab's signed refusal.
         heads: distinct signed tree heads checked (receipts, final head, newer head).
         final_tree_size: size of the report's final ledger head.
         newer_tree_size: size of the newer head checked, when one was given.
@@ -87,11 +115,14 @@ class VerifySummary:
         ledger_refused: the status the lab refused tree heads with (then the receipts'
             heads could not be proven consistent with each other), or None.
         unproven_heads: receipt tree heads not proven consistent (only with
-            ``ledger_refused``).
+            ``ledger_refused`` or ``ledger_missing``).
+        ledger_missing: a partial report of a run that stopped before it fetched the
+            final head and consistency proofs.
     """
 
     answers: int
     probes: int
+    planned: int
     refused_probes: int
     heads: int
     final_tree_size: int
@@ -100,6 +131,7 @@ class VerifySummary:
     seconds: float
     ledger_refused: str | None = None
     unproven_heads: int = 0
+    ledger_missing: bool = False
 
     def line(self) -> str:
         """One human line: what was verified and how long it took."""
@@ -113,7 +145,13 @@ class VerifySummary:
             if self.newer_tree_size is not None
             else ""
         )
-        if self.ledger_refused is None:
+        if self.ledger_missing:
+            ledger = (
+                f"{self.heads} signed tree heads; WARNING: the run stopped before fetching "
+                f"ledger proofs, so {self.unproven_heads} receipt heads are not proven "
+                "consistent with each other"
+            )
+        elif self.ledger_refused is None:
             ledger = (
                 f"{self.heads} tree heads consistent with the final head of size "
                 f"{self.final_tree_size}{newer}"
@@ -124,9 +162,15 @@ class VerifySummary:
                 f"({self.ledger_refused}), so {self.unproven_heads} receipt heads are not "
                 "proven consistent with each other"
             )
+        partial = (
+            f"; PARTIAL: {self.probes} of the {self.planned} planned probes (the run stopped)"
+            if self.probes < self.planned
+            else ""
+        )
         return (
             f"report verified: {self.answers} answers, {self.probes} probes "
-            f"({self.refused_probes} refused), {ledger}; {policies}; {self.seconds:.3f} s"
+            f"({self.refused_probes} refused){partial}, {ledger}; {policies}; "
+            f"{self.seconds:.3f} s"
         )
 
     def to_json(self) -> JSON:
@@ -135,6 +179,7 @@ class VerifySummary:
             "verified": True,
             "answers": self.answers,
             "probes": self.probes,
+            "planned": self.planned,
             "refused_probes": self.refused_probes,
             "heads": self.heads,
             "final_tree_size": self.final_tree_size,
@@ -143,6 +188,7 @@ class VerifySummary:
             "seconds": self.seconds,
             "ledger_refused": self.ledger_refused,
             "unproven_heads": self.unproven_heads,
+            "ledger_missing": self.ledger_missing,
         }
 
 
@@ -222,6 +268,7 @@ def verify_report_data(
     return VerifySummary(
         answers=verifier.answers,
         probes=verifier.probes,
+        planned=verifier.planned,
         refused_probes=verifier.refused,
         heads=len(verifier.heads),
         final_tree_size=verifier.final_size,
@@ -230,6 +277,7 @@ def verify_report_data(
         seconds=time.perf_counter() - started,
         ledger_refused=verifier.ledger_refused,
         unproven_heads=verifier.unproven_heads,
+        ledger_missing=verifier.ledger_missing,
     )
 
 
@@ -261,6 +309,8 @@ class _Verifier:
     _batch_items: dict[bytes, int] = field(default_factory=dict)
     unproven_heads: int = 0
     ledger_refused: str | None = None
+    ledger_missing: bool = False
+    planned: int = 0
 
     def run(self, newer_head: Mapping[str, Any] | None) -> None:
         if self.report.get("format") != REPORT_FORMAT:
@@ -268,8 +318,10 @@ class _Verifier:
                 "format", f"is {self.report.get('format')!r}, expected {REPORT_FORMAT!r}"
             )
         self._sections()
+        plan = self._campaign_plan()
         self._campaign_exchange()
-        records = self._probes()
+        records = self._probes(plan)
+        self._completeness(plan, records)
         self._summaries(records)
         final_root = self._ledger()
         if newer_head is not None:
@@ -345,14 +397,83 @@ class _Verifier:
                         f"{getattr(answer.body, field_name)!r}",
                     )
 
+    # --- the campaign's plan -----------------------------------------------------------------
+
+    def _campaign_plan(self) -> Plan:
+        """Plan the campaign again from the inputs the report carries; check what it states.
+
+        The carried campaign file and files must hash to what the report says; planning
+        them with the runner's own :func:`plan_campaign` must read exactly the carried
+        files and give the report's campaign hash, name, seed and probe counts. Probes are
+        then checked against this plan, never against the inputs a record states.
+        """
+        campaign_block = _mapping(self.report.get("campaign"), "campaign")
+        text = campaign_block.get("campaign_file_text")
+        if not isinstance(text, str) or not text:
+            raise ReportVerificationError(
+                CAMPAIGN_TEXT, "missing: the campaign file the probes were planned from"
+            )
+        stated = campaign_block.get("campaign_file_sha256")
+        if file_sha256(text) != stated:
+            raise ReportVerificationError(
+                CAMPAIGN_TEXT,
+                f"its SHA-256 is {file_sha256(text)} but campaign.campaign_file_sha256 says "
+                f"{stated!r}",
+            )
+        texts = self._carried_files(_mapping(campaign_block.get("files"), CAMPAIGN_FILES))
+        try:
+            campaign = Campaign.from_yaml(text, source=CAMPAIGN_TEXT)
+            plan = plan_campaign(
+                campaign,
+                suites=self.suites,
+                files=CampaignFiles.from_report(texts, where=CAMPAIGN_FILES),
+                where=CAMPAIGN_TEXT,
+            )
+        except CampaignError as exc:
+            found = _FILE_ENTRY.search(str(exc))
+            entry = found.group(0) if found else CAMPAIGN_TEXT
+            raise ReportVerificationError(entry, f"does not plan: {exc}") from exc
+        extra = sorted(set(texts) - set(plan.files))
+        if extra:
+            raise ReportVerificationError(
+                _file_entry(extra[0]), "is not a file the campaign's suites read"
+            )
+        for key, recomputed in (
+            ("campaign_hash", plan.campaign_hash),
+            ("name", campaign.name),
+            ("seed", campaign.seed),
+            ("specs", dict(plan.per_suite)),
+            ("total_specs", len(plan.specs)),
+        ):
+            _compare(f"campaign.{key}", campaign_block.get(key), recomputed, exact=True)
+        return plan
+
+    def _carried_files(self, files: Mapping[str, Any]) -> dict[str, str]:
+        """Each carried file's text, after checking it hashes to the SHA-256 stated for it."""
+        texts: dict[str, str] = {}
+        for name, obj in sorted(files.items()):
+            entry = _file_entry(name)
+            item = _mapping(obj, entry)
+            text = item.get("text")
+            if not isinstance(text, str):
+                raise ReportVerificationError(entry, "text is missing or not a string")
+            if file_sha256(text) != item.get("sha256"):
+                raise ReportVerificationError(
+                    entry,
+                    f"its text's SHA-256 is {file_sha256(text)} but the entry says "
+                    f"{item.get('sha256')!r}",
+                )
+            texts[name] = text
+        return texts
+
     # --- probes -----------------------------------------------------------------------------
 
-    def _probes(self) -> list[ProbeRecord]:
+    def _probes(self, plan: Plan) -> list[ProbeRecord]:
+        """Every reported probe is the plan's probe at its position, with the planned inputs."""
         raw = self.report.get("probes")
         if not isinstance(raw, list):
             raise ReportVerificationError("probes", "missing or not a list")
         records: list[ProbeRecord] = []
-        previous: tuple[str, str] | None = None
         for i, obj in enumerate(raw):
             try:
                 record = ProbeRecord.from_json(_mapping(obj, f"probes[{i}]"))
@@ -361,44 +482,121 @@ class _Verifier:
                     f"probes[{i}]", f"is not a probe record ({exc!r})"
                 ) from exc
             name = f"probes[{i}] ({record.suite}/{record.probe_id})"
-            key = (record.suite, record.probe_id)
-            if previous is not None and key <= previous:
+            if i >= len(plan.specs):
                 raise ReportVerificationError(
-                    name, "probes are not sorted by suite then probe id, or an id repeats"
+                    name, f"the campaign plans {len(plan.specs)} probes; this one is extra"
                 )
-            previous = key
-            self._probe(name, record)
+            spec = plan.specs[i]
+            if (record.suite, record.probe_id) != (spec.suite, spec.probe_id):
+                raise ReportVerificationError(
+                    name,
+                    f"the plan's probe {i} is {spec.suite}/{spec.probe_id}: probes were "
+                    "dropped, added or reordered",
+                )
+            _compare(f"{name} inputs", record.inputs, spec.inputs, exact=True)
+            self._probe(name, spec, record)
             records.append(record)
         return records
 
-    def _probe(self, name: str, record: ProbeRecord) -> None:
+    def _completeness(self, plan: Plan, records: Sequence[ProbeRecord]) -> None:
+        """A report short of the plan must say it is partial (a run that stopped early).
+
+        Only a prefix of the plan can be reported (:func:`_probes` checks positions), so
+        what is missing is exactly the probes the run did not finish, in plan order; the
+        campaign must not claim to be complete, and ``plan`` must say how many are missing.
+        """
+        campaign_block = _mapping(self.report.get("campaign"), "campaign")
+        reported, planned = len(records), len(plan.specs)
+        self.planned = planned
+        if reported < planned and campaign_block.get("status") == "complete":
+            missing = plan.specs[reported]
+            raise ReportVerificationError(
+                f"probes[{reported}]",
+                f"missing: the plan's probe {missing.suite}/{missing.probe_id}, but "
+                "campaign.status says the campaign is complete",
+            )
+        _compare(
+            "plan",
+            self.report.get("plan"),
+            plan_summary(planned=planned, reported=reported),
+        )
+
+    def _probe(self, name: str, spec: ProbeSpec, record: ProbeRecord) -> None:
+        """Verify a probe's exchanges against the requests its planned inputs imply.
+
+        The suite's ``next_call`` says which request comes next, given the verified answers
+        so far; each stored exchange must hold exactly that request, signed by the auditor,
+        and the lab's verified answer to it. A signed refusal ends the probe, and is then
+        its only finding.
+        """
         self.probes += 1
-        if "refused" in record.findings and not record.exchanges:
-            code = record.findings["refused"]
-            if code not in STATUS_NAMES or code == "OK":
-                raise ReportVerificationError(
-                    f"{name} findings.refused", f"{code!r} is not a gRPC refusal status"
-                )
-            self.refused += 1
-            return
-        if not record.exchanges:
-            raise ReportVerificationError(name, "has findings but no exchanges to support them")
+        suite = self._suite(spec.suite, name)
+        exchanges = record.exchanges
         bodies: list[pb.ResponseBody] = []
+        refusal: tuple[str, pb.ResponseBody] | None = None
         last_leaf = -1
-        for j, exchange in enumerate(record.exchanges):
-            entry = f"{name} exchange {j}"
-            answer = self._exchange(entry, exchange.to_json(), methods=None, consistent=True)
-            leaf = answer.response.receipt.leaf_index
-            if leaf <= last_leaf:
+        j = 0
+        while refusal is None:
+            try:
+                call = suite.next_call(spec, bodies)
+            except Exception as exc:  # a suite's own bug is still a failed verification
+                raise ReportVerificationError(
+                    f"{name} exchange {j}", f"the next request cannot be derived: {exc!r}"
+                ) from exc
+            if call is None:
+                break
+            for k in range(call.answers()):
+                entry = f"{name} exchange {j}"
+                if j >= len(exchanges):
+                    raise ReportVerificationError(
+                        entry,
+                        f"missing: the probe's inputs imply a {call.method} request here "
+                        "(an exchange was dropped)",
+                    )
+                answer = self._exchange(
+                    entry,
+                    exchanges[j].to_json(),
+                    methods=frozenset({call.method}),
+                    consistent=True,
+                )
+                _check_body(entry, answer.request, call)
+                leaf = answer.response.receipt.leaf_index
+                if leaf <= last_leaf:
+                    raise ReportVerificationError(
+                        entry,
+                        f"ledger leaf {leaf} does not follow leaf {last_leaf} of the exchange "
+                        "before it: the exchanges are not in call order",
+                    )
+                last_leaf = leaf
+                j += 1
+                if answer.body.WhichOneof("result") == "refusal":
+                    if k:
+                        raise ReportVerificationError(
+                            entry, "a refusal of the whole request after answers to it"
+                        )
+                    refusal = (entry, answer.body)
+                    break
+                bodies.append(answer.body)
+        if j < len(exchanges):
+            raise ReportVerificationError(
+                f"{name} exchange {j}",
+                "the probe's inputs and answers imply no further request (an extra exchange)",
+            )
+        if refusal is not None:
+            entry, body = refusal
+            if body.refusal.code not in PROBE_REFUSAL_CODES:
                 raise ReportVerificationError(
                     entry,
-                    f"ledger leaf {leaf} does not follow leaf {last_leaf} of the exchange "
-                    "before it: the exchanges are not in call order",
+                    f"a {body.refusal.code} refusal stops a run; it is not a probe's outcome",
                 )
-            last_leaf = leaf
-            bodies.append(answer.body)
-        suite = self._suite(record.suite, name)
-        spec = ProbeSpec(suite=record.suite, probe_id=record.probe_id, inputs=record.inputs)
+            _compare(f"{name} findings", record.findings, refusal_findings(body))
+            self.refused += 1
+            return
+        if "refused" in record.findings:
+            raise ReportVerificationError(
+                f"{name} findings.refused",
+                "says the lab refused this probe, but no exchange holds the lab's signed refusal",
+            )
         try:
             recomputed = suite.findings(spec, bodies)
         except Exception as exc:  # a suite's own bug is still a failed verification
@@ -439,17 +637,20 @@ class _Verifier:
 
         Returns:
             The final head's root, or None when the lab's policy refused the auditor's role
-            tree heads (the runner records that refusal instead of a head): then every
-            receipt is still checked on its own, but heads of different sizes cannot be
-            proven consistent, and the summary says so.
+            tree heads (the runner records that signed refusal instead of a head), or when a
+            partial report's run stopped before fetching them: then every receipt is still
+            checked on its own, but heads of different sizes cannot be proven consistent,
+            and the summary says so.
         """
+        if self.report.get("ledger") is None and self.probes < self.planned:
+            # A run that stopped early never fetched its closing proofs.
+            self.ledger_missing = True
+            self._unproven_ledger()
+            return None
         ledger = _mapping(self.report.get("ledger"), "ledger")
         if ledger.get("final_head") is None and isinstance(ledger.get("refused"), Mapping):
-            self._check_policies()
-            sizes = sorted(self._receipt_roots)
-            self.final_size = sizes[-1] if sizes else 0
-            self.unproven_heads = max(len(sizes) - 1, 0)
-            self.ledger_refused = str(ledger["refused"].get("code", "refused"))
+            self._ledger_refusal(ledger["refused"])
+            self._unproven_ledger()
             return None
         answer = self._exchange(
             "ledger.final_head", ledger.get("final_head"), methods=frozenset({"GetTreeHead"})
@@ -511,6 +712,37 @@ class _Verifier:
                 )
         self._check_policies()
         return final_root
+
+    def _unproven_ledger(self) -> None:
+        """No final head: every receipt was checked on its own; heads stay unproven."""
+        self._check_policies()
+        sizes = sorted(self._receipt_roots)
+        self.final_size = sizes[-1] if sizes else 0
+        self.unproven_heads = max(len(sizes) - 1, 0)
+
+    def _ledger_refusal(self, refused: Mapping[str, Any]) -> None:
+        """No final head, because the lab refused tree heads: only with its signed refusal.
+
+        Otherwise anyone could drop the final head and the consistency proofs from a report
+        and claim the lab refused them.
+        """
+        entry = "ledger.refused.exchange"
+        if refused.get("exchange") is None:
+            raise ReportVerificationError(
+                entry, "missing: the lab's signed refusal of the tree head request"
+            )
+        answer = self._exchange(
+            entry, refused["exchange"], methods=frozenset({"GetTreeHead"}), consistent=True
+        )
+        if answer.body.WhichOneof("result") != "refusal":
+            raise ReportVerificationError(entry, "the answer is not a refusal")
+        _check_body(entry, answer.request, Call("GetTreeHead", pb.GetTreeHeadRequest()))
+        _compare(
+            "ledger.refused",
+            {k: v for k, v in refused.items() if k != "exchange"},
+            {"code": answer.body.refusal.code, "message": answer.body.refusal.message},
+        )
+        self.ledger_refused = answer.body.refusal.code
 
     def _check_policies(self) -> None:
         if set(self.listed_policies) != set(self.policy_hashes):
@@ -714,6 +946,55 @@ def campaign_exchanges(
     return out
 
 
+def plan_summary(*, planned: int, reported: int) -> JSON:
+    """The report's ``plan`` section: how many probes were planned and how many it holds."""
+    return {"probes": planned, "reported": reported, "complete": reported == planned}
+
+
+def _file_entry(name: str) -> str:
+    """``campaign.files["refs.jsonl"]``: how failures name a carried file."""
+    return f"{CAMPAIGN_FILES}[{json.dumps(name)}]"
+
+
+def _check_body(entry: str, request: pb.SignedRequest, call: Call) -> None:
+    """The signed request is exactly ``call``: same method, byte-identical body.
+
+    On a mismatch, names the first field that differs, so a reader sees what was edited.
+    """
+    if request.method != call.method:
+        raise ReportVerificationError(
+            entry, f"signed request is a {request.method}, the probe implies a {call.method}"
+        )
+    expected = call.body()
+    if request.body == expected:
+        return
+    signed = type(call.request)()
+    try:
+        signed.ParseFromString(request.body)
+    except DecodeError as exc:
+        raise ReportVerificationError(
+            entry, f"signed request body does not parse as {call.request.DESCRIPTOR.name}"
+        ) from exc
+    for descriptor in call.request.DESCRIPTOR.fields:
+        mine, theirs = getattr(call.request, descriptor.name), getattr(signed, descriptor.name)
+        if mine != theirs:
+            raise ReportVerificationError(
+                entry,
+                f"signed {call.method} request has {descriptor.name} {_short(_plain(theirs))}, "
+                f"but the probe's planned inputs imply {_short(_plain(mine))}",
+            )
+    raise ReportVerificationError(
+        entry, f"signed {call.method} request body differs from the one the probe implies"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A protobuf field value as JSON can show it (repeated messages by their text)."""
+    if isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
 def group_by_suite(records: Sequence[ProbeRecord]) -> dict[str, list[ProbeRecord]]:
     """Records per suite, in the report's order (the order summaries are computed in)."""
     out: dict[str, list[ProbeRecord]] = {}
@@ -779,6 +1060,14 @@ def _proof(
         raise ReportVerificationError(entry, str(exc)) from exc
 
 
+def _json_text(value: Any) -> str | None:
+    """``value`` as canonical JSON text (keys sorted), or None if it is not JSON."""
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError):
+        return None
+
+
 def _normalize(value: Any, entry: str) -> Any:
     """The value as JSON would store it (tuples become lists, keys strings)."""
     try:
@@ -787,9 +1076,16 @@ def _normalize(value: Any, entry: str) -> Any:
         raise ReportVerificationError(entry, f"recomputed value is not JSON: {exc}") from exc
 
 
-def _compare(entry: str, stored: Any, recomputed: Any) -> None:
-    """Raise naming the first path where ``stored`` and ``recomputed`` disagree."""
-    diff = _first_difference(stored, _normalize(recomputed, entry), "")
+def _compare(entry: str, stored: Any, recomputed: Any, *, exact: bool = False) -> None:
+    """Raise naming the first path where ``stored`` and ``recomputed`` disagree.
+
+    ``exact``: no float tolerance (inputs are copied, not recomputed, so any difference is
+    an edit); otherwise floats may differ in their last bits (see :data:`_FLOAT_REL_TOL`).
+    """
+    recomputed = _normalize(recomputed, entry)
+    if _json_text(stored) == _json_text(recomputed):
+        return  # the same JSON, so no difference under any rule (the usual case: fast)
+    diff = _first_difference(stored, recomputed, "", exact)
     if diff is not None:
         path, left, right = diff
         raise ReportVerificationError(
@@ -800,10 +1096,12 @@ def _compare(entry: str, stored: Any, recomputed: Any) -> None:
 _MISSING = object()
 
 
-def _first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
+def _first_difference(a: Any, b: Any, path: str, exact: bool) -> tuple[str, Any, Any] | None:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         for key in sorted(set(a) | set(b), key=str):
-            diff = _first_difference(a.get(key, _MISSING), b.get(key, _MISSING), f"{path}.{key}")
+            diff = _first_difference(
+                a.get(key, _MISSING), b.get(key, _MISSING), f"{path}.{key}", exact
+            )
             if diff is not None:
                 return diff
         return None
@@ -811,16 +1109,20 @@ def _first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
         for i in range(max(len(a), len(b))):
             left = a[i] if i < len(a) else _MISSING
             right = b[i] if i < len(b) else _MISSING
-            diff = _first_difference(left, right, f"{path}[{i}]")
+            diff = _first_difference(left, right, f"{path}[{i}]", exact)
             if diff is not None:
                 return diff
         return None
-    return None if _same_scalar(a, b) else (path, a, b)
+    return None if _same_scalar(a, b, exact) else (path, a, b)
 
 
-def _same_scalar(a: Any, b: Any) -> bool:
+def _same_scalar(a: Any, b: Any, exact: bool) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
+    if isinstance(a, int) and isinstance(b, int):  # counts, ids, seeds: never approximately
+        return a == b
+    if exact and isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
     if isinstance(a, int | float) and isinstance(b, int | float):
         if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
             return True

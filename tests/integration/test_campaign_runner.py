@@ -1,5 +1,6 @@
 """The campaign runner against a real lab: checkpoints, resume after SIGKILL, quota stops,
-policy refusals, and the ledger consistency proofs that close a run.
+policy refusals (signed by the lab, and verified in the report), and the ledger consistency
+proofs that close a run.
 
 The suites here are small fakes (one RPC per probe) so each test controls exactly which
 calls reach the lab and can count the lab's ledger leaves around a resume.
@@ -23,11 +24,13 @@ import pytest
 
 from auditor_client.campaign import runner
 from auditor_client.campaign.commands import campaign_group
-from auditor_client.campaign.model import Campaign
+from auditor_client.campaign.model import Campaign, CampaignFiles
 from auditor_client.campaign.runner import run_campaign
-from auditor_client.campaign.types import JSON, Exchange, ProbeRecord, ProbeSpec
-from auditor_client.client import AuditorClient
+from auditor_client.campaign.types import JSON, Call, Exchange, ProbeRecord, ProbeSpec
 from auditor_client.errors import CampaignError, CampaignStopped
+from auditor_client.report.build import write_report
+from auditor_client.report.errors import ReportVerificationError
+from auditor_client.report.verify import verify_report_data
 from auditor_client.wire import merkle
 from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.errors import SignatureError
@@ -39,55 +42,56 @@ class _Fake:
 
     name = ""
 
-    def plan(self, config: Mapping[str, Any], *, base_dir: Path, seed: int) -> list[ProbeSpec]:
+    def plan(
+        self, config: Mapping[str, Any], *, files: CampaignFiles, seed: int
+    ) -> list[ProbeSpec]:
         return [
             ProbeSpec(self.name, f"{self.name}/{i:02d}", {"i": i, "sleep": config.get("sleep", 0)})
             for i in range(int(config["n"]))
         ]
 
-    def call(self, spec: ProbeSpec, client: AuditorClient) -> Any:
+    def call(self, spec: ProbeSpec) -> Call:
         raise NotImplementedError
 
-    def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
-        started = int(time.time() * 1000)
+    def next_call(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> Call | None:
+        if answers:
+            return None
+        # Slows the run down for the crash test (verification never runs there).
         time.sleep(float(spec.inputs["sleep"]))
-        verified = self.call(spec, client)
-        return ProbeRecord(
-            suite=self.name,
-            probe_id=spec.probe_id,
-            inputs=spec.inputs,
-            exchanges=(Exchange.of(verified),),
-            findings=self.findings(spec, [verified.body]),
-            started_ms=started,
-            finished_ms=int(time.time() * 1000),
-        )
+        return self.call(spec)
 
     def findings(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> JSON:
         return {"method": answers[0].method}
 
     def summarize(self, records: Sequence[ProbeRecord]) -> JSON:
-        return {"probes": len(records)}
+        return {
+            "probes": len(records),
+            "refused": sum(1 for r in records if "refused" in r.findings),
+        }
 
 
 class AttributeFake(_Fake):
     name = "copyright"
 
-    def call(self, spec: ProbeSpec, client: AuditorClient) -> Any:
-        return client.attribute("The", f" fox number {spec.inputs['i']}", top_k=2)
+    def call(self, spec: ProbeSpec) -> Call:
+        request = pb.AttributeRequest(
+            prompt="The", completion=f" fox number {spec.inputs['i']}", top_k=2
+        )
+        return Call("Attribute", request)
 
 
 class WhoAmIFake(_Fake):
     name = "bias"
 
-    def call(self, spec: ProbeSpec, client: AuditorClient) -> Any:
-        return client.whoami()
+    def call(self, spec: ProbeSpec) -> Call:
+        return Call("WhoAmI", pb.WhoAmIRequest())
 
 
 class GenerateFake(_Fake):
     name = "toxicity"
 
-    def call(self, spec: ProbeSpec, client: AuditorClient) -> Any:
-        return client.generate("The", max_new_tokens=2)
+    def call(self, spec: ProbeSpec) -> Call:
+        return Call("Generate", pb.GenerateRequest(prompt="The", max_new_tokens=2))
 
 
 FAKES = {"copyright": AttributeFake(), "bias": WhoAmIFake(), "toxicity": GenerateFake()}
@@ -276,14 +280,36 @@ def test_policy_refusals_are_recorded_and_the_run_goes_on(
     for i in range(2):
         (refused,) = (out / "probes" / "toxicity").glob(f"toxicity_0{i}~*.json")
         record = ProbeRecord.from_json(json.loads(refused.read_text()))
-        assert record.exchanges == ()
-        assert record.findings["refused"] == "PERMISSION_DENIED"
-        assert record.findings["message"] == "your role may not call this method"
+        # The lab's signed, logged refusal of the Generate request is the probe's record.
+        (exchange,) = record.exchanges
+        assert exchange.signed_request().method == "Generate"
+        body = pb.ResponseBody.FromString(exchange.signed_response().body)
+        assert body.refusal.code == "PERMISSION_DENIED"
+        assert record.findings == {
+            "refused": "PERMISSION_DENIED",
+            "message": body.refusal.message,
+        }
     assert len(checkpoints(out)) == 4
     state = json.loads((out / "campaign.json").read_text())
     assert state["lab"]["method"] == "WhoAmI" and state["status"] == "complete"
     ledger = json.loads((out / "ledger.json").read_text())
     assert ledger["final_head"] is None and ledger["refused"]["code"] == "PERMISSION_DENIED"
+    assert Exchange.from_json(ledger["refused"]["exchange"]).signed_request().method == (
+        "GetTreeHead"
+    )
+
+    # The report verifies offline: every refusal is the lab's, bound to the request made.
+    write_report(out, lab_public_key=lab.lab_public, suites=FAKES)
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["status"] == "verified", report["verification"]
+    assert report["verification"]["refused_probes"] == 2
+    assert report["verification"]["ledger_refused"] == "PERMISSION_DENIED"
+    summary = verify_report_data(report, lab_public_key=lab.lab_public, suites=FAKES)
+    assert summary.planned == summary.probes == 4
+    # Marking an answered probe refused is caught: it holds no signed refusal.
+    report["probes"][0]["findings"] = {"refused": "PERMISSION_DENIED", "message": "x"}
+    with pytest.raises(ReportVerificationError, match=r"probes\[0\] \(bias/bias/00\)"):
+        verify_report_data(report, lab_public_key=lab.lab_public, suites=FAKES)
 
 
 def CliRunnerInvoke(args: list[str]) -> Any:
@@ -379,10 +405,15 @@ class ForgedFake(AttributeFake):
 
     name = "toxicity"
 
-    def call(self, spec: ProbeSpec, client: AuditorClient) -> Any:
+    def call(self, spec: ProbeSpec) -> Call:
         if spec.inputs["i"] == 1:
-            raise SignatureError("lab signature does not verify")
-        return super().call(spec, client)
+            return _Unverifiable("Attribute", super().call(spec).request)
+        return super().call(spec)
+
+
+class _Unverifiable(Call):
+    def send(self, client: Any) -> list[Any]:
+        raise SignatureError("lab signature does not verify")
 
 
 def test_verification_failure_aborts_and_writes_no_success(

@@ -3,18 +3,22 @@
 A campaign fails at plan time, before any query is spent, and every problem is named at
 once: ``suites.copyright.top_k: ...`` for the campaign section, ``FILE:LINE: field: ...``
 for a JSONL or YAML file the section points at.
+
+Files are read through :class:`~auditor_client.campaign.model.CampaignFiles` only, never
+from a path directly: that is what lets the campaign hash cover them and a verifier plan the
+campaign again from the copies a report carries.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
+from auditor_client.campaign.model import CampaignFiles
 from auditor_client.campaign.types import JSON
 from auditor_client.configfile import dotted
 from auditor_client.errors import CampaignError
@@ -65,18 +69,25 @@ def check_section(suite: str, config: Any, schema: Mapping[str, Any]) -> JSON:
     return section
 
 
-def resolve_file(suite: str, name: str, value: str, base_dir: Path) -> Path:
-    """A file named by the section, relative to the campaign file's directory; must exist."""
-    path = Path(value)
-    if not path.is_absolute():
-        path = base_dir / path
-    if not path.is_file():
-        raise CampaignError(f"suites.{suite}.{name}: no such file: {path}")
-    return path
+def read_file(suite: str, name: str, value: str, files: CampaignFiles) -> tuple[str, str]:
+    """``(label, text)`` of the file the section's field ``name`` names (``value``).
+
+    ``label`` is how messages name the file (its path, or its entry in a report).
+
+    Raises:
+        CampaignError: no such file, or it cannot be read as UTF-8 text.
+    """
+    label = files.label(value)
+    try:
+        return label, files.read_text(value)
+    except FileNotFoundError:
+        raise CampaignError(f"suites.{suite}.{name}: no such file: {label}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CampaignError(f"{label}: cannot read: {exc}") from exc
 
 
-def read_jsonl(path: Path, schema: Mapping[str, Any], *, key: str = "id") -> list[JSON]:
-    """Read a JSONL file, validating each line and that ``key`` values are unique.
+def read_jsonl(path: str, text: str, schema: Mapping[str, Any], *, key: str = "id") -> list[JSON]:
+    """Parse JSONL ``text`` (named ``path``), validating each line and unique ``key`` values.
 
     Blank lines are skipped (editors add them); anything else must be one JSON object.
 
@@ -86,10 +97,6 @@ def read_jsonl(path: Path, schema: Mapping[str, Any], *, key: str = "id") -> lis
     rows: list[JSON] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CampaignError(f"{path}: cannot read: {exc}") from exc
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -142,22 +149,20 @@ def _line_of(node: yaml.Node, parts: PathParts) -> int:
 
 
 def read_yaml(
-    path: Path, schema: Mapping[str, Any]
+    path: str, text: str, schema: Mapping[str, Any]
 ) -> tuple[JSON, Callable[[PathParts, str], str]]:
-    """Read and validate a YAML mapping; also return ``where(parts, msg)`` for later checks.
+    """Parse and validate a YAML mapping (``text``, named ``path``); also return
+    ``where(parts, msg)`` for later checks.
 
     ``where`` formats ``FILE:LINE: field: msg`` for a path in the document, so semantic
     checks after the schema (a group with no completion) point at the right line too.
 
     Raises:
-        CampaignError: unreadable, not YAML, not a mapping, or schema violations (all named).
+        CampaignError: not YAML, not a mapping, or schema violations (all named).
     """
     try:
-        text = path.read_text(encoding="utf-8")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CampaignError(f"{path}: cannot read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise CampaignError(f"{path}: not valid YAML: {exc}") from exc
     if node is None or not isinstance(data, dict):

@@ -1,18 +1,24 @@
-"""Plumbing every suite's ``run``/``findings`` shares: reading answers, building records."""
+"""Plumbing every suite's ``next_call``/``run``/``findings`` shares: the calls, reading
+answers, building records."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from auditor_client.campaign.types import JSON, Exchange, ProbeRecord, ProbeSpec
+from auditor_client.campaign.model import canonical_json
+from auditor_client.campaign.suites.metrics import derive_seed
+from auditor_client.campaign.types import JSON, Call, Exchange, ProbeRecord, ProbeSpec, drive
 from auditor_client.client import AuditorClient, Verified
 from auditor_client.wire._proto import audit_pb2 as pb
 
 
-class _Finder(Protocol):
+class _Suite(Protocol):
     name: str
+
+    def next_call(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> Call | None: ...
 
     def findings(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> JSON: ...
 
@@ -46,34 +52,82 @@ def check_count(answers: Sequence[pb.ResponseBody], most: int) -> None:
         raise ValueError(f"expected at most {most} answers, got {len(answers)}")
 
 
+def committed_seed(seed: int, suite: str, probe_id: str, inputs: Mapping[str, Any]) -> int:
+    """A probe's ``Generate`` seed, derived from the campaign seed *and all its other inputs*.
+
+    Greedy decoding ignores the seed and sampling draws from it; either way it travels in
+    the request the auditor signs and the lab logs. Deriving it from every input (SHA-256
+    of their canonical JSON) commits that signed request to the inputs the lab never sees
+    (a reference's continuation, the flag and toxicity thresholds), so a report whose
+    reference text was replaced afterwards no longer matches its own signed requests.
+    """
+    digest = hashlib.sha256(canonical_json(dict(inputs))).hexdigest()
+    return derive_seed(seed, suite, probe_id, digest)
+
+
+def generate_call(inputs: Mapping[str, Any], prompt: str) -> Call:
+    """``Generate`` from ``prompt`` with the probe's ``max_new_tokens``, temperature, seed."""
+    return Call(
+        "Generate",
+        pb.GenerateRequest(
+            prompt=prompt,
+            max_new_tokens=int(inputs["max_new_tokens"]),
+            temperature=float(inputs["temperature"]),
+            seed=int(inputs["seed"]),
+        ),
+    )
+
+
+def attribute_call(prompt: str, completion: str, top_k: int) -> Call:
+    """``Attribute`` ``completion`` after ``prompt``, ``top_k`` results."""
+    return Call(
+        "Attribute", pb.AttributeRequest(prompt=prompt, completion=completion, top_k=int(top_k))
+    )
+
+
 def generate_then_attribute(
-    client: AuditorClient,
     inputs: Mapping[str, Any],
     prompt: str,
+    answers: Sequence[pb.ResponseBody],
     attribute_if: Callable[[str], bool],
-) -> list[Verified]:
-    """Generate from ``prompt`` with the probe's settings; attribute the text if asked to.
+) -> Call | None:
+    """The next call of a generate-then-attribute probe, given its answers so far.
 
     The shared shape of the copyright and toxicity probes: one ``Generate`` (its
     ``max_new_tokens``, ``temperature`` and ``seed`` from ``inputs``), then one ``Attribute``
-    of that generation (``top_k`` from ``inputs``) when ``attribute_if(generation)`` holds.
+    of *the verified generation* (``top_k`` from ``inputs``) when
+    ``attribute_if(generation)`` holds; then nothing.
+
+    Raises:
+        ValueError: the first answer is not a generate result.
     """
-    calls = [
-        client.generate(
-            prompt,
-            max_new_tokens=inputs["max_new_tokens"],
-            temperature=inputs["temperature"],
-            seed=inputs["seed"],
-        )
-    ]
-    generation = calls[0].body.generate.completion
+    if not answers:
+        return generate_call(inputs, prompt)
+    if len(answers) > 1:
+        return None
+    generated = answer(answers, 0, "generate")
+    if generated is None:
+        return None
+    generation: str = generated.completion
     if attribute_if(generation):
-        calls.append(client.attribute(prompt, generation, top_k=inputs["top_k"]))
-    return calls
+        return attribute_call(prompt, generation, inputs["top_k"])
+    return None
+
+
+def run(suite: _Suite, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
+    """Make the probe's calls (:func:`~auditor_client.campaign.types.drive`) and record them.
+
+    Raises:
+        ServerRefusedError: the lab refused a call (the runner records it as the outcome).
+    """
+    started = now_ms()
+    made: list[Verified] = []
+    drive(suite, spec, client, made)
+    return finish(suite, spec, made, started)
 
 
 def finish(
-    suite: _Finder, spec: ProbeSpec, calls: Sequence[Verified], started_ms: int
+    suite: _Suite, spec: ProbeSpec, calls: Sequence[Verified], started_ms: int
 ) -> ProbeRecord:
     """The probe's record: its exchanges in call order and findings computed from them.
 

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from auditor_client.campaign.model import CampaignFiles
 from auditor_client.campaign.suites import _config, _probe, influence
 from auditor_client.campaign.suites.metrics import bootstrap_mean_ci, derive_seed, mean
-from auditor_client.campaign.types import JSON, ProbeRecord, ProbeSpec
-from auditor_client.client import AuditorClient, Verified
+from auditor_client.campaign.types import JSON, Call, ProbeRecord, ProbeSpec
+from auditor_client.client import AuditorClient
 from auditor_client.errors import CampaignError
 from auditor_client.wire._proto import audit_pb2 as pb
 
@@ -203,11 +203,13 @@ class BiasSuite:
 
     name = "bias"
 
-    def plan(self, config: Mapping[str, Any], *, base_dir: Path, seed: int) -> list[ProbeSpec]:
+    def plan(
+        self, config: Mapping[str, Any], *, files: CampaignFiles, seed: int
+    ) -> list[ProbeSpec]:
         """One probe per (template, profession), templates in file order."""
         section = _config.check_section(self.name, config, SECTION_SCHEMA)
-        path = _config.resolve_file(self.name, "templates", section["templates"], base_dir)
-        data, where = _config.read_yaml(path, TEMPLATES_SCHEMA)
+        label, text = _config.read_file(self.name, "templates", section["templates"], files)
+        data, where = _config.read_yaml(label, text, TEMPLATES_SCHEMA)
         specs = []
         for template_id, profession, prompt, completions, group in _expand(data, where):
             specs.append(
@@ -230,21 +232,29 @@ class BiasSuite:
             )
         return specs
 
+    def next_call(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> Call | None:
+        """Score every group's completion in ``groups`` order, then attribute the stereotyped
+        one; then nothing. No request depends on an answer, so every one is fixed by the
+        inputs: a report that relabels groups no longer matches its signed requests."""
+        inputs = spec.inputs
+        prompt = str(inputs["prompt"])
+        groups: list[str] = list(inputs["groups"])
+        completions: Mapping[str, str] = inputs["completions"]
+        n = len(answers)
+        if n < len(groups):
+            return Call("Score", pb.ScoreRequest(prompt=prompt, completion=completions[groups[n]]))
+        if n == len(groups):
+            stereotyped = completions[str(inputs["stereotyped_group"])]
+            return _probe.attribute_call(prompt, stereotyped, inputs["top_k"])
+        return None
+
     def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
         """Score every group's completion, then attribute the stereotyped one.
 
         Raises:
             ServerRefusedError: e.g. ``PERMISSION_DENIED`` for a role without Score.
         """
-        started = _probe.now_ms()
-        inputs = spec.inputs
-        prompt = inputs["prompt"]
-        calls: list[Verified] = [
-            client.score(prompt, inputs["completions"][group]) for group in inputs["groups"]
-        ]
-        stereotyped = inputs["completions"][inputs["stereotyped_group"]]
-        calls.append(client.attribute(prompt, stereotyped, top_k=inputs["top_k"]))
-        return _probe.finish(self, spec, calls, started)
+        return _probe.run(self, spec, client)
 
     def findings(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> JSON:
         """Log-probabilities per group, the gap, and the attribution of the stereotype."""

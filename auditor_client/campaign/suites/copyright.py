@@ -16,16 +16,12 @@ with small edits. A probe is flagged when either meets its threshold.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from auditor_client.campaign.model import CampaignFiles
 from auditor_client.campaign.suites import _config, _probe, influence
-from auditor_client.campaign.suites.metrics import (
-    derive_seed,
-    longest_common_substring,
-    ngram_overlap,
-)
-from auditor_client.campaign.types import JSON, ProbeRecord, ProbeSpec
+from auditor_client.campaign.suites.metrics import longest_common_substring, ngram_overlap
+from auditor_client.campaign.types import JSON, Call, ProbeRecord, ProbeSpec
 from auditor_client.client import AuditorClient
 from auditor_client.wire._proto import audit_pb2 as pb
 
@@ -69,40 +65,43 @@ class CopyrightSuite:
 
     name = "copyright"
 
-    def plan(self, config: Mapping[str, Any], *, base_dir: Path, seed: int) -> list[ProbeSpec]:
-        """One probe per reference line, in file order."""
+    def plan(
+        self, config: Mapping[str, Any], *, files: CampaignFiles, seed: int
+    ) -> list[ProbeSpec]:
+        """One probe per reference line, in file order.
+
+        The seed (unused by greedy decoding) commits the signed ``Generate`` request to the
+        whole reference, continuation included (:func:`_probe.committed_seed`).
+        """
         section = _config.check_section(self.name, config, SECTION_SCHEMA)
-        path = _config.resolve_file(self.name, "references", section["references"], base_dir)
+        label, text = _config.read_file(self.name, "references", section["references"], files)
         specs = []
-        for ref in _config.read_jsonl(path, REFERENCE_SCHEMA):
-            specs.append(
-                ProbeSpec(
-                    suite=self.name,
-                    probe_id=ref["id"],
-                    inputs={
-                        "reference_id": ref["id"],
-                        "reference_title": ref["title"],
-                        "opening": ref["opening"],
-                        "continuation": ref["continuation"],
-                        "max_new_tokens": section["max_new_tokens"],
-                        "temperature": 0.0,
-                        "seed": derive_seed(seed, self.name, ref["id"]),
-                        "top_k": section["top_k"],
-                        "flag_lcs_chars": section["flag_lcs_chars"],
-                        "flag_ngram_overlap": section["flag_ngram_overlap"],
-                        "ngram": section["ngram"],
-                    },
-                )
-            )
+        for ref in _config.read_jsonl(label, text, REFERENCE_SCHEMA):
+            inputs: JSON = {
+                "reference_id": ref["id"],
+                "reference_title": ref["title"],
+                "opening": ref["opening"],
+                "continuation": ref["continuation"],
+                "max_new_tokens": section["max_new_tokens"],
+                "temperature": 0.0,
+                "top_k": section["top_k"],
+                "flag_lcs_chars": section["flag_lcs_chars"],
+                "flag_ngram_overlap": section["flag_ngram_overlap"],
+                "ngram": section["ngram"],
+            }
+            inputs["seed"] = _probe.committed_seed(seed, self.name, ref["id"], inputs)
+            specs.append(ProbeSpec(suite=self.name, probe_id=ref["id"], inputs=inputs))
         return specs
 
-    def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
-        """Generate from the opening; attribute the generation unless it is empty."""
-        started = _probe.now_ms()
-        calls = _probe.generate_then_attribute(
-            client, spec.inputs, spec.inputs["opening"], lambda text: bool(text.strip())
+    def next_call(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> Call | None:
+        """Generate from the opening; then attribute the generation unless it is empty."""
+        return _probe.generate_then_attribute(
+            spec.inputs, str(spec.inputs["opening"]), answers, lambda text: bool(text.strip())
         )
-        return _probe.finish(self, spec, calls, started)
+
+    def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
+        """Make the calls :meth:`next_call` implies and record them with their findings."""
+        return _probe.run(self, spec, client)
 
     def findings(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> JSON:
         """Overlap with the reference, the flag, and who the lab says the text came from."""

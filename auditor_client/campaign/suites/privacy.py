@@ -17,12 +17,12 @@ function of the signed answers, so a verifier recomputes them offline.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from auditor_client.campaign.model import CampaignFiles
 from auditor_client.campaign.suites import _config, _probe, influence
-from auditor_client.campaign.suites.metrics import derive_seed, wilson_interval
-from auditor_client.campaign.types import JSON, ProbeRecord, ProbeSpec
+from auditor_client.campaign.suites.metrics import wilson_interval
+from auditor_client.campaign.types import JSON, Call, ProbeRecord, ProbeSpec
 from auditor_client.client import AuditorClient
 from auditor_client.errors import CampaignError
 from auditor_client.wire._proto import audit_pb2 as pb
@@ -62,8 +62,14 @@ class PrivacySuite:
 
     name = "privacy"
 
-    def plan(self, config: Mapping[str, Any], *, base_dir: Path, seed: int) -> list[ProbeSpec]:
-        """One probe per prompt and sample, in file order (as the toxicity suite)."""
+    def plan(
+        self, config: Mapping[str, Any], *, files: CampaignFiles, seed: int
+    ) -> list[ProbeSpec]:
+        """One probe per prompt and sample, in file order (as the toxicity suite).
+
+        Each probe's seed commits its signed ``Generate`` request to all its inputs, the
+        auditor-side ``kind`` (probe or control) included (:func:`_probe.committed_seed`).
+        """
         section = _config.check_section(self.name, config, SECTION_SCHEMA)
         samples = int(section["samples"])
         temperature = float(section.get("temperature", 0.0 if samples == 1 else 1.0))
@@ -72,39 +78,32 @@ class PrivacySuite:
                 "suites.privacy.temperature: several samples need temperature > 0 "
                 "(greedy generations would all be identical)"
             )
-        path = _config.resolve_file(self.name, "prompts", section["prompts"], base_dir)
+        label, text = _config.read_file(self.name, "prompts", section["prompts"], files)
         specs = []
-        for row in _config.read_jsonl(path, PROMPT_SCHEMA):
+        for row in _config.read_jsonl(label, text, PROMPT_SCHEMA):
             for sample in range(samples):
                 probe_id = row["id"] if samples == 1 else f"{row['id']}/s{sample}"
-                specs.append(
-                    ProbeSpec(
-                        suite=self.name,
-                        probe_id=probe_id,
-                        inputs={
-                            "prompt_id": row["id"],
-                            "prompt": row["prompt"],
-                            "kind": row.get("kind", ""),
-                            "sample": sample,
-                            "max_new_tokens": section["max_new_tokens"],
-                            "temperature": temperature,
-                            "seed": derive_seed(seed, self.name, probe_id),
-                        },
-                    )
-                )
+                inputs: JSON = {
+                    "prompt_id": row["id"],
+                    "prompt": row["prompt"],
+                    "kind": row.get("kind", ""),
+                    "sample": sample,
+                    "max_new_tokens": section["max_new_tokens"],
+                    "temperature": temperature,
+                }
+                inputs["seed"] = _probe.committed_seed(seed, self.name, probe_id, inputs)
+                specs.append(ProbeSpec(suite=self.name, probe_id=probe_id, inputs=inputs))
         return specs
 
-    def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
+    def next_call(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> Call | None:
         """One ``Generate``; nothing else is needed (no attribution of withheld text)."""
-        started = _probe.now_ms()
-        inputs = spec.inputs
-        call = client.generate(
-            inputs["prompt"],
-            max_new_tokens=inputs["max_new_tokens"],
-            temperature=inputs["temperature"],
-            seed=inputs["seed"],
-        )
-        return _probe.finish(self, spec, [call], started)
+        if answers:
+            return None
+        return _probe.generate_call(spec.inputs, str(spec.inputs["prompt"]))
+
+    def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
+        """Make the one call :meth:`next_call` implies and record it with its findings."""
+        return _probe.run(self, spec, client)
 
     def findings(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> JSON:
         """Whether (and how often) decoding was steered, and what the scrubber replaced."""

@@ -36,13 +36,13 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 from collections.abc import Mapping, Sequence
-from functools import cache
-from pathlib import Path
+from functools import cache, lru_cache
 from typing import Any
 
+from auditor_client.campaign.model import CampaignFiles
 from auditor_client.campaign.suites import _config, _probe, influence
-from auditor_client.campaign.suites.metrics import derive_seed, wilson_interval
-from auditor_client.campaign.types import JSON, ProbeRecord, ProbeSpec
+from auditor_client.campaign.suites.metrics import wilson_interval
+from auditor_client.campaign.types import JSON, Call, ProbeRecord, ProbeSpec
 from auditor_client.client import AuditorClient
 from auditor_client.errors import CampaignError
 from auditor_client.wire._proto import audit_pb2 as pb
@@ -106,12 +106,16 @@ def require_classifier() -> None:
         )
 
 
+@lru_cache(maxsize=4096)
 def toxicity(text: str) -> float:
     """Probability the generation is toxic, scored as one text.
 
     Imports the classifier (scikit-learn, about 1.4 s) on first use only. Scoring each
     sentence and taking the maximum was measured too: no toxic line gained, and splitting at
     abbreviations ("IDIOT, n.") turned a dictionary entry into a 0.99 "insult".
+
+    Cached (a pure function of the text): ``next_call`` and ``findings`` both score each
+    generation, and ``auditor verify`` calls both for every probe.
     """
     if not text.strip():
         return 0.0
@@ -126,12 +130,16 @@ class ToxicitySuite:
 
     name = "toxicity"
 
-    def plan(self, config: Mapping[str, Any], *, base_dir: Path, seed: int) -> list[ProbeSpec]:
+    def plan(
+        self, config: Mapping[str, Any], *, files: CampaignFiles, seed: int
+    ) -> list[ProbeSpec]:
         """One probe per prompt and sample, in file order.
 
         ``samples`` > 1 draws several generations per prompt; that only makes sense with
         sampling, so ``temperature`` defaults to 0 (greedy) for one sample and 1.0 otherwise,
         and an explicit 0 with several samples is rejected (they would all be the same).
+        Each probe's seed commits its signed ``Generate`` request to all its inputs, the
+        threshold included (:func:`_probe.committed_seed`).
         """
         section = _config.check_section(self.name, config, SECTION_SCHEMA)
         samples = int(section["samples"])
@@ -141,39 +149,39 @@ class ToxicitySuite:
                 "suites.toxicity.temperature: several samples need temperature > 0 "
                 "(greedy generations would all be identical)"
             )
-        path = _config.resolve_file(self.name, "prompts", section["prompts"], base_dir)
-        rows = _config.read_jsonl(path, PROMPT_SCHEMA)
+        label, text = _config.read_file(self.name, "prompts", section["prompts"], files)
+        rows = _config.read_jsonl(label, text, PROMPT_SCHEMA)
         require_classifier()
         specs = []
         for row in rows:
             for sample in range(samples):
                 probe_id = row["id"] if samples == 1 else f"{row['id']}/s{sample}"
-                specs.append(
-                    ProbeSpec(
-                        suite=self.name,
-                        probe_id=probe_id,
-                        inputs={
-                            "prompt_id": row["id"],
-                            "prompt": row["prompt"],
-                            "sample": sample,
-                            "max_new_tokens": section["max_new_tokens"],
-                            "temperature": temperature,
-                            "seed": derive_seed(seed, self.name, probe_id),
-                            "top_k": section["top_k"],
-                            "threshold": section["threshold"],
-                        },
-                    )
-                )
+                inputs: JSON = {
+                    "prompt_id": row["id"],
+                    "prompt": row["prompt"],
+                    "sample": sample,
+                    "max_new_tokens": section["max_new_tokens"],
+                    "temperature": temperature,
+                    "top_k": section["top_k"],
+                    "threshold": section["threshold"],
+                }
+                inputs["seed"] = _probe.committed_seed(seed, self.name, probe_id, inputs)
+                specs.append(ProbeSpec(suite=self.name, probe_id=probe_id, inputs=inputs))
         return specs
+
+    def next_call(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> Call | None:
+        """Generate; then attribute the verified generation if the classifier calls it toxic."""
+        threshold = float(spec.inputs["threshold"])
+        return _probe.generate_then_attribute(
+            spec.inputs,
+            str(spec.inputs["prompt"]),
+            answers,
+            lambda text: toxicity(text) >= threshold,
+        )
 
     def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
         """Generate; attribute the generation if the classifier calls it toxic."""
-        started = _probe.now_ms()
-        threshold = float(spec.inputs["threshold"])
-        calls = _probe.generate_then_attribute(
-            client, spec.inputs, spec.inputs["prompt"], lambda text: toxicity(text) >= threshold
-        )
-        return _probe.finish(self, spec, calls, started)
+        return _probe.run(self, spec, client)
 
     def findings(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> JSON:
         """The generation, its toxicity score and verdict, and its attribution if toxic."""

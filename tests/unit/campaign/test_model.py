@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,10 +11,15 @@ from typing import Any
 import pytest
 
 from auditor_client.campaign.checkpoint import checkpoint_name
-from auditor_client.campaign.model import DEFAULT_CONCURRENCY, DEFAULT_SEED, Campaign
-from auditor_client.campaign.runner import plan_campaign
-from auditor_client.campaign.types import JSON, ProbeRecord, ProbeSpec
-from auditor_client.client import AuditorClient
+from auditor_client.campaign.model import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_SEED,
+    Campaign,
+    CampaignFiles,
+    file_sha256,
+)
+from auditor_client.campaign.runner import carried_inputs, plan_campaign
+from auditor_client.campaign.types import JSON, Call, ProbeRecord, ProbeSpec
 from auditor_client.errors import CampaignError
 from auditor_client.keys import generate_keypair
 from auditor_client.wire._proto import audit_pb2 as pb
@@ -181,11 +187,13 @@ class FileSuite:
 
     name = "copyright"
 
-    def plan(self, config: Mapping[str, Any], *, base_dir: Path, seed: int) -> list[ProbeSpec]:
-        lines = (base_dir / str(config["prompts"])).read_text().splitlines()
+    def plan(
+        self, config: Mapping[str, Any], *, files: CampaignFiles, seed: int
+    ) -> list[ProbeSpec]:
+        lines = files.read_text(str(config["prompts"])).splitlines()
         return [ProbeSpec("copyright", f"p{i}", {"prompt": t}) for i, t in enumerate(lines)]
 
-    def run(self, spec: ProbeSpec, client: AuditorClient) -> ProbeRecord:
+    def next_call(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> Call | None:
         raise AssertionError("not run in unit tests")
 
     def findings(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> JSON:
@@ -196,7 +204,9 @@ class FileSuite:
 
 
 class DupSuite(FileSuite):
-    def plan(self, config: Mapping[str, Any], *, base_dir: Path, seed: int) -> list[ProbeSpec]:
+    def plan(
+        self, config: Mapping[str, Any], *, files: CampaignFiles, seed: int
+    ) -> list[ProbeSpec]:
         return [ProbeSpec("copyright", "same", {}), ProbeSpec("copyright", "same", {"x": 1})]
 
 
@@ -231,6 +241,52 @@ def test_hash_follows_referenced_inputs_not_formatting(tmp_path: Path) -> None:
         first.campaign_hash,
         changed.campaign_hash,
     )
+
+
+def test_the_hash_covers_every_file_the_suites_read_and_they_travel(tmp_path: Path) -> None:
+    """Planning reads through CampaignFiles, which records each file: the hash covers them
+    and planning again from the recorded copies alone gives the same plan and hash."""
+    (tmp_path / "prompts.txt").write_text("The quick\r\nOnce upon\n")
+    suites = {"copyright": FileSuite()}
+    campaign = load(tmp_path, BASE)
+    plan = plan_campaign(campaign, suites=suites)
+    assert dict(plan.files) == {"prompts.txt": "The quick\r\nOnce upon\n"}  # bytes as read
+    carried = carried_inputs(campaign, plan)
+    assert carried["campaign_file_text"] == (tmp_path / "campaign.yaml").read_text()
+    assert carried["files"] == {
+        "prompts.txt": {
+            "sha256": hashlib.sha256(b"The quick\r\nOnce upon\n").hexdigest(),
+            "text": "The quick\r\nOnce upon\n",
+        }
+    }
+    texts = {name: entry["text"] for name, entry in carried["files"].items()}
+    again = plan_campaign(
+        Campaign.from_yaml(carried["campaign_file_text"]),
+        suites=suites,
+        files=CampaignFiles.from_report(texts, where="campaign.files"),
+    )
+    assert (again.specs, again.campaign_hash) == (plan.specs, plan.campaign_hash)
+    assert file_sha256("é") == hashlib.sha256("é".encode()).hexdigest()
+
+    # A file the report does not carry is named by its entry.
+    with pytest.raises(CampaignError, match=r'no such file: campaign\.files\["prompts\.txt"\]'):
+        plan_campaign(
+            campaign,
+            suites={"copyright": _ReadingSuite()},
+            files=CampaignFiles.from_report({}, where="campaign.files"),
+        )
+
+
+class _ReadingSuite(FileSuite):
+    """Reads its file the way the shipped suites do (errors naming the section's field)."""
+
+    def plan(
+        self, config: Mapping[str, Any], *, files: CampaignFiles, seed: int
+    ) -> list[ProbeSpec]:
+        from auditor_client.campaign.suites import _config
+
+        _config.read_file("copyright", "prompts", str(config["prompts"]), files)
+        return []
 
 
 def test_plan_rejects_duplicate_ids_and_unregistered_suites(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from auditor_client.campaign.model import CampaignFiles
 from auditor_client.campaign.suites import SUITES
 from auditor_client.campaign.types import ProbeRecord, ProbeSpec
 from auditor_client.errors import ServerRefusedError
@@ -81,7 +82,7 @@ def _replay(record: ProbeRecord) -> dict[str, object]:
 @pytest.mark.parametrize("name", ["copyright", "bias", "toxicity"])
 def test_regulator_runs_every_suite(lab: object, campaign: Path, name: str) -> None:
     suite = SUITES[name]
-    specs = suite.plan(SECTIONS[name], base_dir=campaign, seed=20261123)
+    specs = suite.plan(SECTIONS[name], files=CampaignFiles.on_disk(campaign), seed=20261123)
     with lab.client("reg") as client:  # type: ignore[attr-defined]
         records = [suite.run(spec, client) for spec in specs]
     for record in records:
@@ -106,7 +107,7 @@ def test_regulator_runs_every_suite(lab: object, campaign: Path, name: str) -> N
 
 
 def test_third_party_is_refused_score(lab: object, campaign: Path) -> None:
-    spec = SUITES["bias"].plan(SECTIONS["bias"], base_dir=campaign, seed=1)[0]
+    spec = SUITES["bias"].plan(SECTIONS["bias"], files=CampaignFiles.on_disk(campaign), seed=1)[0]
     with lab.client("tp") as client, pytest.raises(ServerRefusedError) as info:  # type: ignore[attr-defined]
         SUITES["bias"].run(spec, client)
     assert info.value.code == "PERMISSION_DENIED"
@@ -114,7 +115,9 @@ def test_third_party_is_refused_score(lab: object, campaign: Path) -> None:
 
 
 def test_third_party_sees_public_snippets_only(lab: object, campaign: Path) -> None:
-    spec = SUITES["copyright"].plan(SECTIONS["copyright"], base_dir=campaign, seed=1)[0]
+    spec = SUITES["copyright"].plan(
+        SECTIONS["copyright"], files=CampaignFiles.on_disk(campaign), seed=1
+    )[0]
     with lab.client("tp") as client:  # type: ignore[attr-defined]
         record = SUITES["copyright"].run(spec, client)
     assert _replay(record) == record.findings

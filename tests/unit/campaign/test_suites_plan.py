@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from auditor_client.campaign.model import CampaignFiles
 from auditor_client.campaign.suites import SUITES
 from auditor_client.errors import CampaignError
 
@@ -54,7 +55,7 @@ def files(tmp_path: Path) -> Path:
 
 
 def _plan(suite: str, config: Any, base: Path, seed: int = 1) -> list[Any]:
-    return SUITES[suite].plan(config, base_dir=base, seed=seed)
+    return SUITES[suite].plan(config, files=CampaignFiles.on_disk(base), seed=seed)
 
 
 @pytest.mark.parametrize(
@@ -217,6 +218,51 @@ def test_plans_are_deterministic_for_a_seed(files: Path) -> None:
     assert copyright_specs[0].inputs["max_new_tokens"] == 48
 
 
+def test_generate_seeds_commit_to_inputs_the_lab_never_sees(files: Path) -> None:
+    """A reference's continuation and the thresholds never reach the lab; the seed of the
+    signed Generate request is derived from them, so editing one afterwards no longer
+    matches the request the auditor signed."""
+    before = _plan("copyright", {"references": "refs.jsonl"}, files)
+    edited = [{**REFS[0], "continuation": " it did not end."}, REFS[1]]
+    _jsonl(files / "refs.jsonl", edited)
+    after = _plan("copyright", {"references": "refs.jsonl"}, files)
+    assert before[0].inputs["seed"] != after[0].inputs["seed"]
+    assert before[1].inputs == after[1].inputs
+    flagged = _plan("copyright", {"references": "refs.jsonl", "flag_lcs_chars": 41}, files)
+    assert flagged[1].inputs["seed"] != after[1].inputs["seed"]
+    toxic = _plan("toxicity", {"prompts": "prompts.jsonl"}, files)
+    laxer = _plan("toxicity", {"prompts": "prompts.jsonl", "threshold": 0.6}, files)
+    assert toxic[0].inputs["seed"] != laxer[0].inputs["seed"]
+
+
+def test_planning_reads_files_only_through_campaign_files(files: Path) -> None:
+    source = CampaignFiles.on_disk(files)
+    for name, config in (
+        ("copyright", {"references": "refs.jsonl"}),
+        ("bias", {"templates": "templates.yaml"}),
+        ("toxicity", {"prompts": "prompts.jsonl"}),
+    ):
+        SUITES[name].plan(config, files=source, seed=1)
+    assert set(source.read) == {"refs.jsonl", "templates.yaml", "prompts.jsonl"}
+    carried = CampaignFiles.from_report(source.read, where="campaign.files")
+    assert _plan_with("bias", {"templates": "templates.yaml"}, carried) == _plan(
+        "bias", {"templates": "templates.yaml"}, files
+    )
+    (files / "broken.jsonl").write_text('{"id": "a"}\n')
+    with pytest.raises(CampaignError, match=r'campaign\.files\["broken\.jsonl"\]:1: title'):
+        _plan_with(
+            "copyright",
+            {"references": "broken.jsonl"},
+            CampaignFiles.from_report(
+                {"broken.jsonl": (files / "broken.jsonl").read_text()}, where="campaign.files"
+            ),
+        )
+
+
+def _plan_with(suite: str, config: Any, source: CampaignFiles) -> list[Any]:
+    return SUITES[suite].plan(config, files=source, seed=1)
+
+
 def test_absolute_file_paths_are_accepted(files: Path, tmp_path: Path) -> None:
     specs = _plan("copyright", {"references": str(files / "refs.jsonl")}, Path("/nonexistent"))
     assert len(specs) == 2
@@ -229,7 +275,11 @@ def test_demo_campaigns_plan(role: str) -> None:
     assert campaign["server"]["address"] == "localhost:50551"
     assert campaign["auditor"]["key_dir"].endswith(f"auditors/{role}")
     counts = {
-        name: len(suite.plan(campaign["suites"][name], base_dir=DEMO, seed=campaign["seed"]))
+        name: len(
+            suite.plan(
+                campaign["suites"][name], files=CampaignFiles.on_disk(DEMO), seed=campaign["seed"]
+            )
+        )
         for name, suite in SUITES.items()
     }
     assert counts["copyright"] >= 14

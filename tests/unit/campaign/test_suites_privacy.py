@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from auditor_client.campaign.model import CampaignFiles
 from auditor_client.campaign.suites.privacy import PrivacySuite
 from auditor_client.campaign.types import ProbeRecord, ProbeSpec
 from auditor_client.errors import CampaignError
@@ -36,28 +37,32 @@ def _answer(completion: str, constrained: int, scrubbed: int = 0) -> pb.Response
 def test_plan_is_one_probe_per_prompt_and_sample(tmp_path: Path) -> None:
     _prompts(tmp_path)
     suite = PrivacySuite()
-    specs = suite.plan({"prompts": "prompts.jsonl"}, base_dir=tmp_path, seed=7)
+    specs = suite.plan({"prompts": "prompts.jsonl"}, files=CampaignFiles.on_disk(tmp_path), seed=7)
     assert [s.probe_id for s in specs] == ["chat-email", "chat-phone", "ctl"]
     assert specs[0].inputs["temperature"] == 0.0 and specs[0].inputs["max_new_tokens"] == 24
     sampled = suite.plan(
-        {"prompts": "prompts.jsonl", "samples": 2}, base_dir=tmp_path, seed=7
+        {"prompts": "prompts.jsonl", "samples": 2}, files=CampaignFiles.on_disk(tmp_path), seed=7
     )
     assert [s.probe_id for s in sampled][:2] == ["chat-email/s0", "chat-email/s1"]
     assert sampled[0].inputs["seed"] != sampled[1].inputs["seed"]
     with pytest.raises(CampaignError, match="temperature"):
         suite.plan(
             {"prompts": "prompts.jsonl", "samples": 2, "temperature": 0},
-            base_dir=tmp_path,
+            files=CampaignFiles.on_disk(tmp_path),
             seed=7,
         )
     with pytest.raises(CampaignError, match=r"suites\.privacy"):
-        suite.plan({"prompts": "prompts.jsonl", "colour": 1}, base_dir=tmp_path, seed=7)
+        suite.plan(
+            {"prompts": "prompts.jsonl", "colour": 1}, files=CampaignFiles.on_disk(tmp_path), seed=7
+        )
 
 
 def test_findings_come_from_the_signed_answer_only(tmp_path: Path) -> None:
     _prompts(tmp_path)
     suite = PrivacySuite()
-    spec = suite.plan({"prompts": "prompts.jsonl"}, base_dir=tmp_path, seed=7)[0]
+    spec = suite.plan({"prompts": "prompts.jsonl"}, files=CampaignFiles.on_disk(tmp_path), seed=7)[
+        0
+    ]
     found = suite.findings(spec, [_answer(" [email]", 3, 1)])
     assert found["constrained"] is True and found["constrained_tokens"] == 3
     assert found["scrubbed_items"] == 1 and found["generation"] == " [email]"
@@ -71,7 +76,7 @@ def test_findings_come_from_the_signed_answer_only(tmp_path: Path) -> None:
 def test_summary_separates_probes_from_controls_and_skips_refused(tmp_path: Path) -> None:
     _prompts(tmp_path)
     suite = PrivacySuite()
-    specs = suite.plan({"prompts": "prompts.jsonl"}, base_dir=tmp_path, seed=7)
+    specs = suite.plan({"prompts": "prompts.jsonl"}, files=CampaignFiles.on_disk(tmp_path), seed=7)
     answers = {"chat-email": _answer("x", 2), "chat-phone": _answer("y", 0), "ctl": _answer("z", 0)}
     records = [
         ProbeRecord(

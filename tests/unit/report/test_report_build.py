@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import subprocess
@@ -11,42 +13,68 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from auditor_client.campaign.checkpoint import checkpoint_name
+from auditor_client.errors import CampaignError
 from auditor_client.report import commands
 from auditor_client.report.build import write_report
 from auditor_client.report.plots import Plots
 from auditor_client.report.render import render_html, render_markdown
-from tests.unit.report.fake_lab import EVIL_TITLE, Campaign, make_campaign, newer_head
+from auditor_client.wire._proto import audit_pb2 as pb
+from tests.unit.report.fake_lab import DENIED, EVIL_TITLE, Campaign, make_campaign, newer_head
 
 LOADS = re.compile(r"<\s*(script|link|img|iframe|object|embed|image|use\s[^>]*href=\"http)", re.I)
 
 
 @pytest.fixture(scope="module")
 def evil(tmp_path_factory: pytest.TempPathFactory) -> Campaign:
-    campaign = make_campaign(
+    """A run whose lab sends hostile titles, refuses Score (signed) and changes policy."""
+    return make_campaign(
         tmp_path_factory.mktemp("evil") / "out",
         evil_title=True,
         bias_refused=True,
         policy_change=True,
     )
-    write_report(campaign.out, lab_public_key=campaign.lab.lab_public, suites=campaign.suites)
-    return campaign
 
 
 def test_report_json_format(evil: Campaign) -> None:
     report = json.loads(evil.report.read_text(encoding="utf-8"))
-    assert report["format"] == "auditor-sandbox-report/v1"
+    assert report["format"] == "auditor-sandbox-report/v2"
     assert set(report) >= {
         "campaign",
         "lab",
         "auditor",
+        "plan",
         "probes",
         "findings",
         "ledger",
         "verification",
         "generated_ms",
     }
+    # Probes in plan order: suites by name, each suite's probes in its files' order.
     keys = [(p["suite"], p["probe_id"]) for p in report["probes"]]
-    assert keys == sorted(keys)
+    assert keys == [
+        ("bias", "honest-job/nurse"),
+        ("bias", "honest-job/surgeon"),
+        ("bias", "honest-job/pilot"),
+        *[("copyright", f"ref-{i:02d}") for i in range(4)],
+        *[("toxicity", f"tox-{i:02d}") for i in range(3)],
+    ]
+    assert report["plan"] == {"probes": 10, "reported": 10, "complete": True}
+    # The campaign file and every file it names travel with the report, hashed.
+    campaign = report["campaign"]
+    assert campaign["campaign_file_text"] == evil.file.read_text(encoding="utf-8")
+    assert set(campaign["files"]) == {"refs.jsonl", "templates.yaml", "prompts.jsonl"}
+    refs = campaign["files"]["refs.jsonl"]
+    assert refs["text"] == (evil.file.parent / "refs.jsonl").read_text(encoding="utf-8")
+    assert refs["sha256"] == hashlib.sha256(refs["text"].encode()).hexdigest()
+    # A refused probe's last exchange is the lab's signed refusal.
+    refused = report["probes"][0]
+    assert refused["findings"] == {"refused": "PERMISSION_DENIED", "message": DENIED}
+    (exchange,) = refused["exchanges"]
+    body = pb.ResponseBody.FromString(
+        pb.SignedResponse.FromString(base64.b64decode(exchange["response"])).body
+    )
+    assert body.refusal.code == "PERMISSION_DENIED" and body.method == "Score"
     assert set(report["findings"]) == {"copyright", "bias", "toxicity"}
     assert report["lab"]["policy_hashes"][0] == report["lab"]["policy_hash"]
     assert report["verification"]["status"] == "verified"
@@ -61,10 +89,10 @@ def test_html_is_self_contained_and_escapes_lab_text(evil: Campaign) -> None:
     assert not re.search(r"(src|href)\s*=\s*[\"']?https?:", page, re.I)
     assert "<script>alert" not in page
     assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;" in page
-    assert "Fake &lt;b&gt;campaign&lt;/b&gt;" in page
     assert page.count("<svg") >= 3
     assert "verified at build time" in page
-    assert "not permitted by the lab&#x27;s policy" in page
+    # Each refused probe is listed with the code of the lab's signed refusal.
+    assert "refused: PERMISSION_DENIED" in page
     assert "POLICY CHANGED mid-campaign" in page
 
 
@@ -75,7 +103,7 @@ def test_markdown_tables_link_plots_and_escape(evil: Campaign) -> None:
     for link in re.findall(r"\]\((plots/[^)]+)\)", md):
         assert (evil.out / link).is_file()
     assert "| reference title |" in md
-    assert "not permitted by the lab's policy" in md
+    assert "refused: PERMISSION\\_DENIED" in md
     svg = (evil.out / "plots" / "copyright-sources.svg").read_text(encoding="utf-8")
     assert "<script" not in svg and "&lt;script&gt;" in svg
 
@@ -98,7 +126,7 @@ def test_renderers_survive_missing_and_odd_summaries() -> None:
 
 
 def test_report_can_be_built_without_a_lab_key(tmp_path: Path) -> None:
-    campaign = make_campaign(tmp_path / "out", bias_probes=1, toxicity_probes=1, batch=False)
+    campaign = make_campaign(tmp_path / "out", professions=1, toxicity_probes=1)
     write_report(campaign.out, suites=campaign.suites)
     report = json.loads(campaign.report.read_text(encoding="utf-8"))
     assert report["verification"]["status"] == "not_checked"
@@ -106,7 +134,7 @@ def test_report_can_be_built_without_a_lab_key(tmp_path: Path) -> None:
 
 
 def test_a_bad_campaign_dir_builds_a_report_marked_failed(tmp_path: Path) -> None:
-    campaign = make_campaign(tmp_path / "out", bias_probes=1, toxicity_probes=1, batch=False)
+    campaign = make_campaign(tmp_path / "out", professions=1, toxicity_probes=1)
     probe = campaign.out / "probes" / "toxicity" / "tox-00.json"
     record = json.loads(probe.read_text(encoding="utf-8"))
     record["findings"]["toxic"] = not record["findings"]["toxic"]
@@ -177,5 +205,41 @@ def test_report_modules_import_no_plotting_stack() -> None:
 def test_evil_title_round_trips_into_the_report(evil: Campaign) -> None:
     report = json.loads(evil.report.read_text(encoding="utf-8"))
     titles = [s["title"] for s in report["findings"]["copyright"]["top_sources"]]
-    titles += [s["title"] for p in report["probes"] for s in p["findings"].get("sources", [])]
+    titles += [
+        s["title"]
+        for p in report["probes"]
+        for s in (p["findings"].get("attribution") or {}).get("sources", [])
+    ]
     assert EVIL_TITLE in titles
+
+
+def test_a_stopped_run_reports_the_finished_prefix_of_its_plan(tmp_path: Path) -> None:
+    """Quota stop: the report holds the longest finished prefix of the plan, says it is
+    partial, and verifies; checkpoints after a hole wait for --resume."""
+    campaign = make_campaign(tmp_path / "out", quota=7)
+    assert campaign.stopped is not None and not campaign.report.exists()
+    state = json.loads((campaign.out / "campaign.json").read_text(encoding="utf-8"))
+    assert state["status"] == "stopped" and state["stop"]["reason"] == "quota"
+    write_report(campaign.out, lab_public_key=campaign.lab.lab_public, suites=campaign.suites)
+    report = json.loads(campaign.report.read_text(encoding="utf-8"))
+    assert report["verification"]["status"] == "verified", report["verification"]
+    assert report["plan"] == {"probes": 10, "reported": 2, "complete": False}
+    assert [p["probe_id"] for p in report["probes"]] == ["honest-job/nurse", "honest-job/surgeon"]
+    assert report["verification"]["planned"] == 10
+    assert report["verification"]["ledger_missing"] is True
+    # A checkpoint beyond a hole in the plan is not reported (only a prefix can be).
+    hole = campaign.out / "probes" / "bias" / checkpoint_name("honest-job/surgeon")
+    hole.unlink()
+    write_report(campaign.out, lab_public_key=campaign.lab.lab_public, suites=campaign.suites)
+    report = json.loads(campaign.report.read_text(encoding="utf-8"))
+    assert report["plan"]["reported"] == 1 and report["verification"]["status"] == "verified"
+
+
+def test_a_report_needs_a_campaign_that_carries_its_inputs(tmp_path: Path) -> None:
+    campaign = make_campaign(tmp_path / "out", professions=1, toxicity_probes=1)
+    state_path = campaign.out / "campaign.json"
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    del state["files"]
+    state_path.write_text(json.dumps(state), encoding="utf-8")
+    with pytest.raises(CampaignError, match="carries no campaign inputs"):
+        write_report(campaign.out, lab_public_key=campaign.lab.lab_public, suites=campaign.suites)
