@@ -29,7 +29,7 @@ from auditor_client.report.plots import plot_name
 if TYPE_CHECKING:
     from auditor_client.report.plots import Plots
 
-SUITE_ORDER = ("copyright", "bias", "toxicity")
+SUITE_ORDER = ("copyright", "bias", "toxicity", "privacy")
 """Sections appear in this order; other suites follow alphabetically."""
 
 Cell = Callable[[Any], str]
@@ -157,7 +157,7 @@ def suite_views(report: Mapping[str, Any], plots: Plots) -> list[SuiteView]:
     for probe in report.get("probes") or ():
         if isinstance(probe, Mapping):
             code = _mapping(probe.get("findings")).get("refused")
-            if isinstance(code, str) and not probe.get("exchanges"):
+            if isinstance(code, str):
                 counts = refusals.setdefault(str(probe.get("suite")), {})
                 counts[code] = counts.get(code, 0) + 1
     ordered = [n for n in SUITE_ORDER if n in names] + sorted(names - set(SUITE_ORDER))
@@ -225,6 +225,16 @@ def _view(name: str, summary: Any, refused: Mapping[str, int], plots: Plots) -> 
         ]
         items = _list(summary.get("toxic_items"))
         tables.append(("Toxic completions", items, _generic_columns(items)))
+    elif name == "privacy":
+        figures += [
+            ("generations steered away from withheld text", _number(summary.get("constrained"))),
+            ("rate", _percent(summary.get("constrained_rate"))),
+            ("95% interval", _interval(summary.get("constrained_rate_ci"))),
+            ("control prompts steered", _number(summary.get("control_constrained"))),
+            ("outputs with identifiers scrubbed", _number(summary.get("scrubbed_probes"))),
+        ]
+        items = _list(summary.get("constrained_items"))
+        tables.append(("Steered generations", items, _generic_columns(items)))
     wanted = [plot_name(name, "influence"), plot_name(name, "sources")]
     wanted += ["bias-gaps" if name == "bias" else "", "toxicity-rate" if name == "toxicity" else ""]
     return SuiteView(
