@@ -29,6 +29,7 @@ Chromium the test skips, except under CI, where the set-up must have installed i
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import threading
@@ -41,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from auditor_client.report.build import write_report
+from auditor_client.report.build import render_report, write_report
 from tests.unit.report.fake_lab import EVIL_TITLE, Campaign, make_campaign
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,11 +62,21 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1280, "height": 900}
 CHART_TITLES = {
-    "copyright-influence": "copyright: influence share by data class",
-    "copyright-sources": "copyright: top training sources",
+    **{
+        f"{suite}-{kind}": f"{suite}: {title}"
+        for suite in ("copyright", "bias", "toxicity")
+        for kind, title in (
+            ("influence", "influence share by data class"),
+            ("sources", "top training sources"),
+        )
+    },
     "bias-gaps": "bias: gaps per template",
     "toxicity-rate": "toxicity: rate of toxic completions",
 }
+EVIL_NAME = "Fake <b>campaign</b>"
+"""A campaign name with markup, put into report.json after verification (the campaign
+schema forbids such a name, and verification ties the name to the carried campaign file),
+to check that the page renders it as text."""
 
 
 def _unavailable(reason: str) -> None:
@@ -102,10 +113,12 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> Campaign:
-    # Every chart kind: copyright influence + sources, bias gaps, toxicity rate (the fake
-    # bias and toxicity suites attribute nothing, so they have no influence/sources charts).
+    # Every chart kind: each suite's influence + sources, bias gaps, toxicity rate.
     made = make_campaign(tmp_path_factory.mktemp("browser") / "out", evil_title=True)
     write_report(made.out, lab_public_key=made.lab.lab_public, suites=made.suites)
+    report = json.loads((made.out / "report.json").read_text(encoding="utf-8"))
+    report["campaign"]["name"] = EVIL_NAME
+    render_report(report, made.out)
     return made
 
 
@@ -220,8 +233,8 @@ def test_report_renders_with_charts_and_loads_nothing(browser: Any, campaign: Ca
     context, page, visit = _open(browser, url)
     try:
         # Renders: title, heading, the build-time verification, a section per suite.
-        assert page.title() == "Audit report: Fake <b>campaign</b>"
-        assert page.locator("h1").inner_text() == "Audit report: Fake <b>campaign</b>"
+        assert page.title() == f"Audit report: {EVIL_NAME}"
+        assert page.locator("h1").inner_text() == f"Audit report: {EVIL_NAME}"
         assert page.locator("h1 b").count() == 0, "campaign name rendered as markup"
         status = page.locator("div.status").first
         assert status.is_visible()
