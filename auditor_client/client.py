@@ -5,6 +5,12 @@ returning it: the lab's signature, that it answers *this* request (request diges
 method), and its ledger receipt (a signed tree head and an inclusion proof for the leaf the
 client recomputes itself). A failed check raises; there is no unverified path.
 
+Every tree head the lab signs for us (each receipt's, and those in proof answers) is kept
+in the auditor's head store (:mod:`auditor_client.headstore`) across runs: a head of a size
+we already hold with another root raises
+:class:`~auditor_client.wire.errors.SplitViewError` at once, and :meth:`AuditorClient.check_heads`
+proves with the lab that every stored head is a prefix of its newest one.
+
 The only retry is on ``UNAVAILABLE`` (the request most likely never reached the service),
 with exponential backoff and a *newly signed* envelope each time, so a retry can never be
 mistaken for a replay.
@@ -24,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError, Message
 
 from auditor_client.errors import ServerRefusedError
+from auditor_client.headstore import HeadCheck, HeadStore
 from auditor_client.keys import KeyPair, decode_public_key, load_keypair
 from auditor_client.wire import digests
 from auditor_client.wire._proto import audit_pb2 as pb
@@ -112,7 +119,9 @@ class AuditorClient:
         timeout_s: float = 60.0,
         retries: int = 3,
         backoff_s: float = 0.25,
+        head_store: HeadStore | None = None,
     ) -> None:
+        """See :meth:`connect`; ``head_store`` defaults to :meth:`HeadStore.default`."""
         self._channel = channel
         self._stub = audit_pb2_grpc.AuditServiceStub(channel)  # type: ignore[no-untyped-call]
         self.keypair = keypair
@@ -122,6 +131,9 @@ class AuditorClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.head_store = head_store if head_store is not None else HeadStore.default()
+        self.heads = self.head_store.lab(self.lab_public_key)
+        """This lab's heads in the store: every head it signed for us, across runs."""
 
     @classmethod
     def connect(
@@ -134,8 +146,12 @@ class AuditorClient:
         tls: TLSConfig | None = None,
         insecure: bool = False,
         timeout_s: float = 60.0,
+        head_store: HeadStore | None = None,
     ) -> AuditorClient:
         """Open a channel to ``server`` (``host:port``) signing with the key in ``key_dir``.
+
+        ``head_store`` keeps the lab's signed heads across runs; the default is
+        ``$AUDITOR_HEAD_STORE`` or ``~/.local/share/auditor/heads``.
 
         Raises:
             KeyFileError: the key or the lab's public key cannot be read.
@@ -166,6 +182,7 @@ class AuditorClient:
             auditor_id=auditor_id,
             lab_public_key=lab_public_key,
             timeout_s=timeout_s,
+            head_store=head_store,
         )
 
     def close(self) -> None:
@@ -232,6 +249,7 @@ class AuditorClient:
                     method="AttributeBatch",
                     item_index=expected,
                 )
+                self._record_heads(response, body)
                 yield Verified(request=envelope, response=response, body=body)
         except grpc.RpcError as exc:
             raise self._refused(exc, envelope, "AttributeBatch") from exc
@@ -251,7 +269,30 @@ class AuditorClient:
             pb.GetConsistencyProofRequest(first_size=first_size, second_size=second_size),
         )
 
+    def check_heads(self) -> HeadCheck:
+        """Prove with the lab that every head we hold is a prefix of its newest head.
+
+        One consistency proof per group of stored heads not yet linked to the newest (see
+        :meth:`~auditor_client.headstore.LabHeads.check`); cheap when run regularly.
+
+        Raises:
+            SplitViewError: the lab cannot prove it, or its log is smaller than before.
+        """
+        return self.heads.check(self)
+
     # --- plumbing -------------------------------------------------------------------------
+
+    def _record_heads(self, response: pb.SignedResponse, body: pb.ResponseBody) -> None:
+        """Keep the receipt's head and any head a proof answer carries (signatures checked)."""
+        heads = [response.receipt.tree_head]
+        kind = body.WhichOneof("result")
+        if kind == "tree_head":
+            heads.append(body.tree_head.tree_head)
+        elif kind == "inclusion_proof":
+            heads.append(body.inclusion_proof.tree_head)
+        elif kind == "consistency_proof":
+            heads.append(body.consistency_proof.tree_head)
+        self.heads.record_all(heads)
 
     def _sign(self, method: str, request: Message) -> pb.SignedRequest:
         return sign_request(
@@ -264,9 +305,12 @@ class AuditorClient:
     def _refused(
         self, exc: grpc.RpcError, envelope: pb.SignedRequest, method: str
     ) -> ServerRefusedError:
-        return refusal_from_error(
+        refused = refusal_from_error(
             exc, lab_public_key=self.lab_public_key, envelope=envelope, method=method
         )
+        if isinstance(refused.evidence, Verified):  # a signed refusal has a receipt too
+            self._record_heads(refused.evidence.response, refused.evidence.body)
+        return refused
 
     def _call(self, method: str, request: Message) -> Verified:
         rpc = getattr(self._stub, method)
@@ -289,6 +333,7 @@ class AuditorClient:
             request_digest=signed_request_digest(envelope),
             method=method,
         )
+        self._record_heads(response, body)
         return Verified(request=envelope, response=response, body=body)
 
 
