@@ -7,6 +7,12 @@ service hands the auditor as a receipt. Auditors later ask for inclusion and con
 proofs between heads they hold; if the lab ever rewrote or dropped an entry, those proofs
 cannot be produced.
 
+Every signed head is also written to the head journal (:mod:`auditor_server.ledger.journal`,
+``ledger.heads`` beside ``ledger.db``) before anyone sees it, and :meth:`Ledger.open` refuses
+a database that no longer extends the newest journaled head: a truncated or rewritten
+database would otherwise be signed on as if nothing happened, giving a second root for a
+size the lab had already handed out.
+
 Appends cost O(log n): the right-edge :class:`~auditor_client.wire.merkle.Frontier` lives in
 memory (rebuilt from the stored perfect nodes on open), and the perfect subtrees each append
 completes are stored, so every proof is O(log n) point reads. The Merkle logic itself is the
@@ -16,6 +22,7 @@ adds storage, signing and locking.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import sqlite3
@@ -29,6 +36,7 @@ from typing import Protocol
 
 from auditor_client.wire import digests, merkle
 from auditor_server.ledger.errors import LedgerError, LedgerIntegrityError
+from auditor_server.ledger.journal import HeadJournal, TreeHead, journal_path_for
 from auditor_server.ledger.store import connect_writer
 
 __all__ = ["AppendResult", "Ledger", "TreeHead", "TreeHeadSigner"]
@@ -47,22 +55,6 @@ class TreeHeadSigner(Protocol):
     def sign(self, digest: bytes) -> bytes:
         """Sign a 32-byte :func:`~auditor_client.wire.digests.tree_head_digest`."""
         ...
-
-
-@dataclass(frozen=True)
-class TreeHead:
-    """A signed commitment to the log's first ``tree_size`` entries."""
-
-    tree_size: int
-    """Number of leaves covered."""
-    root_hash: bytes
-    """RFC 9162 Merkle tree hash of those leaves."""
-    timestamp_ms: int
-    """When the head was signed, Unix milliseconds; never earlier than the previous head."""
-    key_id: str
-    """Key id of the lab key that signed it."""
-    signature: bytes
-    """Ed25519 signature over ``tree_head_digest(tree_size, root_hash, timestamp_ms)``."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +80,13 @@ class Ledger:
 
     Open with :meth:`open`; use as a context manager or call :meth:`close`. A single lock
     serializes appends and reads on the one connection: appends are short (one hash chain,
-    one signature, one small transaction) and proofs are a few point reads.
+    one signature, one small transaction, one journal line) and proofs are a few point reads.
+
+    Order of an append, and why: sign, commit the SQLite transaction, append the head to the
+    journal (``fsync``), and only then return it. The journal therefore never holds a head
+    the database lacks, so after any crash "journal ahead of the database" can only mean
+    the database lost entries; and no head leaves the ledger before it is journaled, so
+    nothing an auditor holds can be forgotten by losing the database alone.
     """
 
     def __init__(
@@ -99,9 +97,11 @@ class Ledger:
         clock: Callable[[], int],
         frontier: merkle.Frontier,
         head: TreeHead,
+        journal: HeadJournal,
     ) -> None:
         """Internal: use :meth:`open`, which checks the stored state before trusting it."""
         self._conn = conn
+        self._journal = journal
         self._signer = signer
         self._clock = clock
         self._frontier = frontier
@@ -111,36 +111,81 @@ class Ledger:
 
     @classmethod
     def open(
-        cls, path: Path, *, signer: TreeHeadSigner, clock: Callable[[], int] | None = None
+        cls,
+        path: Path,
+        *,
+        signer: TreeHeadSigner,
+        clock: Callable[[], int] | None = None,
+        journal: Path | None = None,
     ) -> Ledger:
-        """Open (creating if needed) the log at ``path``.
+        """Open (creating if needed) the log at ``path`` and its head journal.
 
         A new log gets a signed head for the empty tree, so a head exists for every size. An
         existing log's frontier is rebuilt from its stored perfect nodes and must reproduce
         the root of its newest signed head; anything else means the file was changed behind
         the ledger's back and the lab must not keep signing on top of it.
 
+        Then the database must extend the journal's newest head: hold at least that many
+        entries, with that root at that size. Because the journal only ever grows by heads
+        that extend each other, that one check covers every journaled head. Heads the
+        database has beyond the journal (a crash between commit and journal write) were never
+        returned and are journaled now. A missing journal is accepted only for a log without
+        entries; an older state directory gets one with ``auditor-server ledger
+        init-journal``.
+
         Args:
             path: the SQLite file.
             signer: the lab's tree-head signing key.
             clock: Unix milliseconds; defaults to the system clock (tests pass a fake).
+            journal: the head journal; defaults to ``path`` with suffix ``.heads``.
 
         Raises:
-            LedgerIntegrityError: the stored leaves, nodes and newest head disagree.
+            LedgerIntegrityError: the stored leaves, nodes and newest head disagree; or the
+                database does not extend a journaled head (truncated or rewritten; the
+                message names the first such head); or a non-empty log has no journal.
+            LedgerInUseError: another process has this ledger open.
         """
+        journal_path = journal or journal_path_for(path)
         conn = connect_writer(path)
+        opened: HeadJournal | None = None
         try:
             now = clock or _now_ms
             frontier, head = _load(conn)
+            if frontier.size and not journal_path.exists():
+                raise LedgerIntegrityError(
+                    f"{path} holds {frontier.size} entries but has no head journal at "
+                    f"{journal_path} (a state directory from before head journals, or the "
+                    "journal was deleted); without it a truncated log cannot be told from a "
+                    "short one. If this database is the lab's genuine log, create the journal "
+                    f"from it with `auditor-server ledger init-journal --db {path} --lab-key "
+                    "…` and start again"
+                )
+            opened = HeadJournal.open(journal_path)
+            with _transaction(conn, "BEGIN"):
+                unjournaled = _check_journal(conn, opened, frontier)
+            if len(unjournaled) > 1:
+                logger.warning(
+                    "head journal %s was %d heads behind the database; journaling them now",
+                    journal_path,
+                    len(unjournaled),
+                )
+            for stored in unjournaled:
+                opened.append(stored)
             if head is None:
                 head = _sign(signer, 0, merkle.EMPTY_ROOT, now())
+                opened.check_can_sign(0, merkle.EMPTY_ROOT)
                 with _transaction(conn):
                     _insert_head(conn, head)
+                opened.append(head)
         except BaseException:
+            if opened is not None:
+                opened.close()
             conn.close()
             raise
         logger.info("ledger opened: %s, %d entries", path, frontier.size)
-        return cls(conn=conn, signer=signer, clock=now, frontier=frontier, head=head)
+        return cls(
+            conn=conn, signer=signer, clock=now, frontier=frontier, head=head, journal=opened
+        )
 
     # --- writing ------------------------------------------------------------------------
 
@@ -160,7 +205,11 @@ class Ledger:
 
         Raises:
             LedgerError: a digest is not 32 bytes or ``status`` is not a 32-bit code.
+            LedgerIntegrityError: the journal already holds a head of the new size with
+                another root (nothing was committed).
             sqlite3.Error: the write failed (nothing was committed).
+            OSError: the journal write failed after the commit: the entry is in the log but
+                its head was not returned; the next call journals it before anything else.
         """
         if not 0 <= status < 2**32:
             raise LedgerError(f"status must be a 32-bit status code, got {status}")
@@ -173,12 +222,14 @@ class Ledger:
         leaf = merkle.leaf_hash(data)
         with self._lock:
             self._check_open()
+            self._journal_current()
             index = self._frontier.size
             path = tuple(self._frontier.next_inclusion_path())
             frontier = self._frontier.copy()
             completed = frontier.append(leaf)
             timestamp = max(self._clock(), self._head.timestamp_ms)
             head = _sign(self._signer, index + 1, frontier.root(), timestamp)
+            self._journal.check_can_sign(head.tree_size, head.root_hash)
             with _transaction(self._conn) as conn:
                 conn.execute(
                     "INSERT INTO leaves(leaf_index, request_digest, response_digest, status, "
@@ -191,6 +242,7 @@ class Ledger:
                 _insert_head(conn, head)
             self._frontier = frontier
             self._head = head
+            self._journal.append(head)
         return AppendResult(index=index, leaf_hash=leaf, inclusion_path=path, tree_head=head)
 
     # --- reading ------------------------------------------------------------------------
@@ -207,10 +259,12 @@ class Ledger:
         Raises:
             LedgerError: ``size`` is negative or larger than the log.
             LedgerIntegrityError: the head for an existing size is missing from the file.
+            OSError: the newest head is not journaled yet and journaling it failed.
         """
         with self._lock:
             self._check_open()
             if size is None or size == self._head.tree_size:
+                self._journal_current()
                 return self._head
             self._check_size(size)
             row = self._conn.execute(
@@ -286,6 +340,12 @@ class Ledger:
         if self._closed:
             raise LedgerError("the ledger is closed")
 
+    def _journal_current(self) -> None:
+        """Journal the newest head if an earlier journal write failed after its commit."""
+        last = self._journal.last
+        if last is None or last.tree_size < self._head.tree_size:
+            self._journal.append(self._head)
+
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
@@ -294,6 +354,7 @@ class Ledger:
             if not self._closed:
                 self._closed = True
                 self._conn.close()
+                self._journal.close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -369,6 +430,88 @@ def _load(conn: sqlite3.Connection) -> tuple[merkle.Frontier, TreeHead | None]:
                 f"signed head says {head.root_hash.hex()}; run `ledger verify`"
             )
         return frontier, head
+
+
+def _root_at(conn: sqlite3.Connection, frontier: merkle.Frontier, size: int) -> bytes:
+    """The stored tree's root at ``size`` (<= the log's size), from O(log n) stored nodes."""
+    if size == frontier.size:
+        return frontier.root()
+    try:
+        return merkle.Frontier.from_store(size, _perfect_node_reader(conn)).root()
+    except LookupError as exc:
+        raise LedgerIntegrityError(str(exc)) from exc
+
+
+def _check_journal(
+    conn: sqlite3.Connection, journal: HeadJournal, frontier: merkle.Frontier
+) -> list[TreeHead]:
+    """Refuse a database that does not extend the journal; return its unjournaled heads.
+
+    Raises:
+        LedgerIntegrityError: the journal holds a head the database does not reproduce
+            (naming the first one), or the database has entries but the journal no head.
+    """
+    last = journal.last
+    if last is None:
+        if frontier.size:
+            raise LedgerIntegrityError(
+                f"the log holds {frontier.size} entries but its head journal {journal.path} "
+                "holds no head; refusing to sign on without the record of what was signed"
+            )
+        newest = -1
+    else:
+        if last.tree_size > frontier.size or _root_at(conn, frontier, last.tree_size) != (
+            last.root_hash
+        ):
+            raise _journal_conflict(conn, journal, frontier)
+        newest = last.tree_size
+    unjournaled = [
+        TreeHead(*row)
+        for row in conn.execute(
+            "SELECT tree_size, root_hash, timestamp_ms, key_id, signature FROM tree_heads "
+            "WHERE tree_size > ? ORDER BY tree_size",
+            (newest,),
+        )
+    ]
+    for head in unjournaled:
+        if _root_at(conn, frontier, head.tree_size) != head.root_hash:
+            raise LedgerIntegrityError(
+                f"stored head of size {head.tree_size} has root {head.root_hash.hex()}, but "
+                "the stored tree at that size does not; run `ledger verify`"
+            )
+    return unjournaled
+
+
+def _journal_conflict(
+    conn: sqlite3.Connection, journal: HeadJournal, frontier: merkle.Frontier
+) -> LedgerIntegrityError:
+    """The error naming the first journaled head the database no longer reproduces.
+
+    Journaled heads extend each other, so once one conflicts every later one does: a binary
+    search over them finds the first in O(log² n) point reads.
+    """
+    heads = list(journal.heads())
+
+    def conflicts(head: TreeHead) -> bool:
+        return head.tree_size > frontier.size or (
+            _root_at(conn, frontier, head.tree_size) != head.root_hash
+        )
+
+    first = heads[bisect.bisect_left(heads, True, key=conflicts)]
+    if first.tree_size > frontier.size:
+        return LedgerIntegrityError(
+            f"the log holds {frontier.size} entries, but its head journal {journal.path} "
+            f"records a signed head of {first.describe()}: the database lost entries the "
+            "lab had signed (truncated, or restored from an older copy). Refusing to open: "
+            "signing on would give a second root for sizes already handed out"
+        )
+    actual = _root_at(conn, frontier, first.tree_size)
+    return LedgerIntegrityError(
+        f"the log's root at tree size {first.tree_size} is {actual.hex()}, but its head "
+        f"journal {journal.path} records the signed head of {first.describe()}: entries up "
+        "to that size were rewritten. Refusing to open: signing on would give a second root "
+        "for sizes already handed out"
+    )
 
 
 @contextlib.contextmanager
