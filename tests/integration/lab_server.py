@@ -53,6 +53,7 @@ def policy_text(
     limited_quota: int = 3,
     registry: str = "auditors.yaml",
     unauthenticated_per_minute: int = 1000,
+    withheld_budget: int = 20,
 ) -> str:
     """The test lab's policy. Hostile-request tests send many unauthenticated requests from
     one address, so the per-peer limit is high unless a test is about that limit."""
@@ -78,6 +79,7 @@ def policy_text(
             max_top_k: 50
             daily_queries: 100000
             max_new_tokens: 16
+            withheld_budget: {withheld_budget}
           third_party:
             methods: [WhoAmI, GetPolicy, Generate, Attribute, AttributeBatch, GetTreeHead,
                       GetInclusionProof, GetConsistencyProof]
