@@ -77,6 +77,7 @@ from auditor_client.campaign.types import (
 from auditor_client.client import AuditorClient, TLSConfig, Verified
 from auditor_client.errors import CampaignError, CampaignStopped, ServerRefusedError
 from auditor_client.wire import merkle
+from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.errors import ProofError, WireVerificationError
 
 __all__ = [
@@ -728,10 +729,12 @@ class _Run:
             How many consistency proofs were verified (and stored in ``ledger.json``).
         """
         seen: dict[int, bytes] = {}
+        signed_heads: dict[int, pb.SignedTreeHead] = {}
         for exchange in self._exchanges(records):
             head = exchange.signed_response().receipt.tree_head
             if head.tree_size == 0:
                 continue
+            signed_heads.setdefault(head.tree_size, head)
             root = seen.setdefault(head.tree_size, head.root_hash)
             if root != head.root_hash:
                 raise ProofError(
@@ -781,6 +784,9 @@ class _Run:
             if cons.tree_head.root_hash != final_root:
                 raise ProofError(f"the lab signed two different roots for tree size {final_size}")
             merkle.verify_consistency(size, final_size, seen[size], final_root, list(cons.path))
+            # The auditor's head store (across runs and campaigns) learns that this head is
+            # proven to be a prefix of the latest, so a later rewrite of either is caught.
+            self.client.heads.record_proven(signed_heads[size], cons.tree_head)
             entries.append(
                 {
                     "from_size": size,

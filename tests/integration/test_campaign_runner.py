@@ -240,6 +240,15 @@ def test_full_run_checkpoints_every_probe_and_proves_the_ledger(
 
     ledger = check_ledger_file(out, lab)
     assert summary.consistency_proofs == len(ledger["consistency"]) >= 1
+    # The auditor's head store now holds every head the run saw, each proven to be a prefix
+    # of the final one: a later run (or another auditor) is checked against all of them.
+    from auditor_client.headstore import HeadStore
+    from auditor_client.keys import decode_public_key
+
+    held = HeadStore.default().lab(decode_public_key(lab.lab_public))
+    final_size = ledger["final_size"]
+    for entry in ledger["consistency"]:
+        assert held.linked(entry["from_size"], final_size), entry["from_size"]
 
     # Running again into the same directory needs --resume; resuming a finished run redoes
     # nothing; a damaged checkpoint is reported and redone.
