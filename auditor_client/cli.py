@@ -84,7 +84,12 @@ def attribute(
         click.echo(json.dumps(_as_dict(verified), indent=2))
         return
     answer = verified.body.attribute
-    click.echo(f"log p(completion | prompt) = {answer.logprob:.3f}")
+    if answer.HasField("logprob"):
+        click.echo(f"log p(completion | prompt) = {answer.logprob:.3f}")
+    elif answer.logprob_withheld:
+        click.echo("log p(completion | prompt): withheld (the text touches withheld training data)")
+    else:
+        click.echo("log p(completion | prompt): not given (your role may not Score)")
     for r in answer.results:
         click.echo(f"{r.rank:>3}. {r.score:+.4f}  [{r.data_class}/{r.disclosure}] {_label(r)}")
         if r.text:

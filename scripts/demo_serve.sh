@@ -13,6 +13,9 @@ S=.venv/bin/auditor-server
 A=.venv/bin/auditor
 PY=.venv/bin/python
 mkdir -p "$LAB"
+# Each demo auditor keeps the lab's signed tree heads it has seen next to its key (like SSH's
+# known_hosts), so every later run is checked against every earlier one.
+heads_of() { echo "$OUT/auditors/$1/heads"; }
 
 [ -f "$LAB/lab-key/lab.key" ] || $S keys --out "$LAB/lab-key" >/dev/null
 [ -f "$LAB/certs/ca.pem" ] || $S tls-demo-certs --out "$LAB/certs" >/dev/null
@@ -27,6 +30,10 @@ LAB_KEY=$(cat "$LAB/lab-key/lab.pub")
   done
 } > "$LAB/auditors.yaml"
 sed 's|^auditor_registry: .*|auditor_registry: auditors.yaml|' policy/default.yaml > "$LAB/policy.yaml"
+if [ -f "$LAB/state/ledger.db" ] && [ ! -f "$LAB/state/ledger.heads" ]; then
+  # A lab state from before head journals: adopt its log as it stands (the command warns).
+  $S ledger init-journal --db "$LAB/state/ledger.db" --lab-key "$LAB_KEY"
+fi
 
 $S serve --index "$OUT/index" --policy "$LAB/policy.yaml" --lab-key "$LAB/lab-key" \
   --state "$LAB/state" --host 127.0.0.1 --port "${DEMO_PORT:-50551}" \
@@ -54,23 +61,38 @@ for who in regulator third_party; do
   conn=(--server "localhost:$port" --key "$OUT/auditors/$who" --lab-key "$LAB_KEY"
         --tls-ca "$LAB/certs/ca.pem")
   echo "-- as demo-$who"
-  $A whoami "${conn[@]}"
-  $A attribute "${conn[@]}" --prompt "$prompt" --completion "$completion" --top-k 5
+  AUDITOR_HEAD_STORE=$(heads_of "$who") $A whoami "${conn[@]}"
+  AUDITOR_HEAD_STORE=$(heads_of "$who") $A attribute "${conn[@]}" --prompt "$prompt" \
+    --completion "$completion" --top-k 5
 done
 
 for who in regulator third_party; do
   echo "-- campaign as demo-$who"
   rm -rf "$OUT/reports/$who"
-  $A campaign run "campaigns/demo/$who.yaml" --out "$OUT/reports/$who" \
+  AUDITOR_HEAD_STORE=$(heads_of "$who") $A campaign run "campaigns/demo/$who.yaml" --out "$OUT/reports/$who" \
     --server "localhost:$port" --lab-key "$LAB_KEY" --key "$OUT/auditors/$who" \
     --tls-ca "$LAB/certs/ca.pem"
 done
+
+for who in regulator third_party; do
+  echo "-- demo-$who checks the lab's log against every head it has seen"
+  AUDITOR_HEAD_STORE=$(heads_of "$who") $A head check --server "localhost:$port" \
+    --key "$OUT/auditors/$who" --lab-key "$LAB_KEY" --tls-ca "$LAB/certs/ca.pem"
+  AUDITOR_HEAD_STORE=$(heads_of "$who") $A head export --lab-key "$LAB_KEY" \
+    --out "$OUT/auditors/$who-heads.json"
+done
+echo "-- the auditors compare views: each imports the other's heads (a split view exits 4)"
+AUDITOR_HEAD_STORE=$(heads_of regulator) $A head import "$OUT/auditors/third_party-heads.json" \
+  --lab-key "$LAB_KEY"
+AUDITOR_HEAD_STORE=$(heads_of third_party) $A head import "$OUT/auditors/regulator-heads.json" \
+  --lab-key "$LAB_KEY"
 
 kill -TERM $pid
 wait $pid || true
 trap - EXIT
 echo "-- offline checks (the server is stopped)"
-$S ledger verify --db "$LAB/state/ledger.db" --lab-key "$LAB_KEY"
+$S ledger verify --db "$LAB/state/ledger.db" --lab-key "$LAB_KEY" \
+  --heads "$OUT/auditors/regulator-heads.json" --heads "$OUT/auditors/third_party-heads.json"
 for who in regulator third_party; do
   $A verify "$OUT/reports/$who/report.json" --lab-key "$LAB_KEY"
 done

@@ -682,6 +682,10 @@ def test_client_cli_whoami_and_attribute(lab: Lab) -> None:
     assert att.returncode == 0, att.stderr
     doc = json.loads(att.stdout)
     assert len(doc["body"]["attribute"]["results"]) == 3
+    assert "logprob" not in doc["body"]["attribute"]
+    text = run("attribute", *base, "--prompt", "The", "--completion", " quick", "--top-k", "3")
+    assert text.returncode == 0, text.stderr
+    assert "not given (your role may not Score)" in text.stdout
     wrong = encode_public_key(Ed25519PrivateKey.generate().public_key())
     bad = run("whoami", *base[:-2], wrong, "--insecure")
     assert bad.returncode == 4 and "VERIFICATION FAILED" in bad.stderr
