@@ -227,3 +227,19 @@ def test_refusal_messages_echo_nothing(case: Case, server: Server) -> None:
     for pattern in _CLOCK:
         assert not pattern.search(message), (pattern.pattern, message)
     assert server.alive
+
+
+def test_serve_has_no_way_to_turn_a_defence_off() -> None:
+    """Only the test launcher builds a service with a defence off."""
+    import dataclasses
+
+    from auditor_server.cli import serve
+    from auditor_server.service import Defences
+
+    defences = {f.name for f in dataclasses.fields(Defences)}
+    assert defences and all(f.default is True for f in dataclasses.fields(Defences))
+    options = " ".join(
+        " ".join([p.name or "", *getattr(p, "opts", [])]).replace("-", "_") for p in serve.params
+    )
+    for name in defences | {"defence", "unsafe"}:
+        assert name not in options, name
