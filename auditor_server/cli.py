@@ -515,9 +515,16 @@ def generate(
 @click.option(
     "--insecure", is_flag=True, help="Serve without TLS (only for local tests and benchmarks)."
 )
-@click.option("--max-workers", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option(
-    "--max-concurrent-rpcs", type=click.IntRange(1, 10_000), default=32, show_default=True
+    "--max-workers",
+    type=click.IntRange(6, 256),
+    default=32,
+    show_default=True,
+    help="gRPC worker threads. 4 are kept for cheap RPCs (WhoAmI, GetPolicy, proofs); model "
+    "calls share the rest, and one auditor may hold at most half of those.",
+)
+@click.option(
+    "--max-concurrent-rpcs", type=click.IntRange(1, 10_000), default=64, show_default=True
 )
 def serve(
     index_dir: Path,

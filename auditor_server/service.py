@@ -432,8 +432,6 @@ class AuditService:
         """Verify the envelope, or refuse without touching the ledger (never returns then)."""
         peer = peer_host(context.peer() or "")
         off_ledger = self.defences.unauthenticated_off_ledger
-        if off_ledger and self.unauthenticated.blocked(peer):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_UNAUTHENTICATED)
         try:
             return verify_request(
                 raw,
@@ -447,6 +445,12 @@ class AuditService:
         except RequestRejected as exc:
             if not off_ledger:
                 self._refuse_unsigned(raw, exc.code, exc.message, context)
+            # A peer over its limit learns nothing more, not even which check failed. Its
+            # requests are still verified: an auditor behind the same address (NAT, proxy)
+            # as an attacker must keep being served.
+            if self.unauthenticated.blocked(peer):
+                self.unauthenticated.record(peer, type(exc).__name__)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_UNAUTHENTICATED)
             self.unauthenticated.record(peer, type(exc).__name__)
             context.abort(grpc.StatusCode[exc.code], exc.message)
             raise AssertionError("grpc's abort() returned") from None  # pragma: no cover
@@ -473,7 +477,11 @@ class AuditService:
             yield
             return
         owner = call.verified.auditor_id
-        per_auditor = call.policy.limits.max_concurrent_per_auditor
+        # However the policy sets it, one auditor never holds more than half the model-channel
+        # threads, so a second auditor always finds room.
+        per_auditor = min(
+            call.policy.limits.max_concurrent_per_auditor, max(1, self.max_model_calls // 2)
+        )
         if not self._slots.acquire(owner, per_auditor, self.max_model_calls):
             raise RefusalError("RESOURCE_EXHAUSTED", TOO_MANY_CONCURRENT)
         released = threading.Event()
@@ -587,7 +595,7 @@ class AuditService:
         self._check_not_suspended(v, policy)
         guard = self._guard(policy.generation_withheld_classes(v.role))
         with self._charged(v, policy, 1):
-            generated = self._run(
+            generated: Any = self._run(
                 call,
                 lambda: self.engine.generate_constrained(
                     req.prompt,
@@ -597,6 +605,10 @@ class AuditService:
                     seed=int(req.seed),
                 ),
             )
+        if generated.banned_tokens > 0 and guard is not None:
+            # Being steered tells the auditor that its prompt leads into withheld text: a
+            # membership answer like a refused Score, rationed by the same budget.
+            self._spend_withheld(v)
         # The model saw private records in training; what it says is scrubbed like any text
         # that leaves the lab, together with the end of the prompt, so an address split
         # across prompt and output (a chained request) is still recognized.

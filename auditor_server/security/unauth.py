@@ -3,10 +3,13 @@
 The ledger records what the lab answered to *registered auditors*; a request without a
 valid signature from a registered key is nobody's request, and logging it there let anyone
 who could reach the port grow the lab's permanent, signed, fsync'd log for ever. Such
-requests are instead counted here, per peer address and time window, logged through the
+requests are instead counted here, per peer address and time window, and logged through the
 ordinary process log (once per peer and window when a peer trips the limit, so a flood
-cannot flood the log either), and refused cheaply, before any parsing, while a peer is over
-its limit.
+cannot flood the log either). While a peer is over its limit its failures all get one
+generic answer, so it learns nothing about which check failed. Its requests are still
+*verified*, never refused unread: a registered auditor behind the same address as an
+attacker (NAT, a proxy, a TLS terminator) must keep being served. Protection against raw
+request floods belongs to the transport (``--max-concurrent-rpcs``, a proxy in front).
 
 Memory is bounded: at most ``max_peers`` addresses are tracked; the least recently seen is
 forgotten first.

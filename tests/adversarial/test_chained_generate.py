@@ -8,8 +8,9 @@ steered away from every withheld shingle, including one spanning prompt and outp
 reassembled chain holds no withheld stretch; public text is not blocked.
 
 What the guard cannot hide: *that* decoding was steered. The answer reports
-``constrained_tokens``, and a steered answer spends nothing of the withheld budget, so
-Generate is an unrationed membership oracle (``test_steering_is_rationed``, a strict xfail).
+``constrained_tokens``, a membership signal; this suite once found it cost nothing, so
+Generate was an unrationed membership oracle. Each steered Generate now spends one unit of
+the withheld budget, like a refused Score (``test_steering_is_rationed``).
 """
 
 from __future__ import annotations
@@ -97,15 +98,6 @@ def _local_parts(lab: AttackLab) -> tuple[list[str], list[str]]:
     return customers, others[: len(customers)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known leak: Generate's steering is a membership signal that spends no withheld "
-        "budget. Greedy Generate of a guessed email name ('piet.oakes', 9 letters, no "
-        "withheld shingle) reports constrained_tokens > 0 for most customers of the private "
-        "chats and few others, at no cost to withheld_budget"
-    ),
-)
 def test_steering_is_rationed(attack_lab: AttackLab, guard_off: Server, guard_on: Server) -> None:
     customers, others = _local_parts(attack_lab)
 

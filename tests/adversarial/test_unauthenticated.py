@@ -100,14 +100,6 @@ def test_with_the_defence_on_garbage_adds_nothing_and_the_address_is_throttled(
     assert off_ledger.alive
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the unauthenticated limit is per peer address and refuses a throttled address "
-        "before reading its requests: 30 garbage requests from an address registered "
-        "auditors share lock them out (RESOURCE_EXHAUSTED) for the rest of the minute"
-    ),
-)
 def test_garbage_from_an_address_does_not_lock_out_a_registered_auditor(
     off_ledger: Server,
 ) -> None:

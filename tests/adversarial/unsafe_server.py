@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     from auditor_server.service import AuditService, Defences
 
     defaults = serve_defaults()
+    if "fair_scheduling" in args.off:
+        # Fair service includes serve's thread budget: before it, 8 worker threads and 32
+        # concurrent RPCs, which unread streams could fill.
+        defaults = {**defaults, "max_workers": 8, "max_concurrent_rpcs": 32}
     service = AuditService.open(
         engine=AttributionEngine.open(args.index),
         policy=Policy.from_file(args.policy),
