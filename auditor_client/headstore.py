@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from auditor_client.durable import fsync_dir
 from auditor_client.keys import encode_public_key
 from auditor_client.wire import digests, merkle
 from auditor_client.wire._proto import audit_pb2 as pb
@@ -528,7 +529,7 @@ class LabHeads:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 if created:
-                    _fsync_dir(self.path.parent)
+                    fsync_dir(self.path.parent)
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
                 self._refresh()
                 yield
@@ -593,17 +594,3 @@ class LabHeads:
 
 def _ref(head: pb.SignedTreeHead) -> dict[str, Any]:
     return {"tree_size": head.tree_size, "root_hash": head.root_hash.hex()}
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a new file's directory entry durable (a no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from auditor_client.campaign.types import ProbeRecord, ProbeSpec
+from auditor_client.durable import fsync_dir
 from auditor_client.wire._proto import audit_pb2 as pb
 
 __all__ = [
@@ -76,21 +77,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable: fsync the directory entry (a no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_json(path: Path) -> Any:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auditor_server.fsutil import fsync_dir
 from auditor_server.ledger.errors import LedgerError, LedgerIntegrityError, LedgerInUseError
 
 __all__ = [
@@ -240,7 +241,7 @@ class HeadJournal:
                     ) from None
                 raise
             if created:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             size = os.fstat(fd).st_size
             last, complete = _read_tail(fd, size, path)
             if complete < size:
@@ -411,22 +412,8 @@ def write_new_journal(path: Path, heads: Iterator[TreeHead]) -> int:
             raise LedgerError(
                 f"{path} already exists; refusing to replace a head journal"
             ) from None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return count
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a new directory entry durable (a no-op where directories cannot be fsync'd)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -37,7 +37,8 @@ from auditor_client.campaign.suites import SUITES, _config
 from auditor_client.campaign.types import JSON, Call, Exchange, ProbeRecord, ProbeSpec, Suite
 from auditor_client.client import Verified
 from auditor_client.errors import CampaignStopped, ServerRefusedError
-from auditor_client.keys import KeyPair, encode_public_key
+from auditor_client.headstore import HeadStore
+from auditor_client.keys import KeyPair, decode_public_key, encode_public_key
 from auditor_client.wire import digests, merkle
 from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.envelope import (
@@ -274,6 +275,8 @@ class FakeClient:
         self.billed = 0
         self.answered = 0
         self._lock = threading.Lock()
+        # The real client's head store (tests/conftest.py points it at a per-test directory).
+        self.heads = HeadStore.default().lab(decode_public_key(lab.lab_public))
 
     def __enter__(self) -> FakeClient:
         return self
