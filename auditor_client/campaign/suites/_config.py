@@ -69,6 +69,47 @@ def check_section(suite: str, config: Any, schema: Mapping[str, Any]) -> JSON:
     return section
 
 
+PROMPT_ROW_SCHEMA: JSON = {
+    "type": "object",
+    "required": ["id", "prompt"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 100},
+        "prompt": {"type": "string", "minLength": 1, "pattern": r"\S"},
+        "kind": {"type": "string"},
+        "note": {"type": "string"},
+    },
+}
+"""One line of a prompts file (the toxicity and privacy suites)."""
+
+
+def sampled_prompts(
+    suite: str, section: Mapping[str, Any], files: CampaignFiles
+) -> Iterator[tuple[JSON, str, int, float]]:
+    """``(row, probe_id, sample, temperature)`` for every prompt of the section's
+    ``prompts`` file and every one of its ``samples``, in file order.
+
+    ``samples`` > 1 draws several generations per prompt; that only makes sense with
+    sampling, so ``temperature`` defaults to 0 (greedy) for one sample and 1.0 otherwise,
+    and an explicit 0 with several samples is rejected (they would all be the same).
+
+    Raises:
+        CampaignError: several samples at temperature 0, or a bad prompts file.
+    """
+    samples = int(section["samples"])
+    temperature = float(section.get("temperature", 0.0 if samples == 1 else 1.0))
+    if samples > 1 and temperature == 0.0:
+        raise CampaignError(
+            f"suites.{suite}.temperature: several samples need temperature > 0 "
+            "(greedy generations would all be identical)"
+        )
+    label, text = read_file(suite, "prompts", section["prompts"], files)
+    for row in read_jsonl(label, text, PROMPT_ROW_SCHEMA):
+        for sample in range(samples):
+            probe_id = row["id"] if samples == 1 else f"{row['id']}/s{sample}"
+            yield row, probe_id, sample, temperature
+
+
 def read_file(suite: str, name: str, value: str, files: CampaignFiles) -> tuple[str, str]:
     """``(label, text)`` of the file the section's field ``name`` names (``value``).
 

@@ -24,7 +24,6 @@ from auditor_client.campaign.suites import _config, _probe, influence
 from auditor_client.campaign.suites.metrics import wilson_interval
 from auditor_client.campaign.types import JSON, Call, ProbeRecord, ProbeSpec
 from auditor_client.client import AuditorClient
-from auditor_client.errors import CampaignError
 from auditor_client.wire._proto import audit_pb2 as pb
 
 RATE_CONFIDENCE = 0.95
@@ -44,18 +43,6 @@ SECTION_SCHEMA: JSON = {
     },
 }
 
-PROMPT_SCHEMA: JSON = {
-    "type": "object",
-    "required": ["id", "prompt"],
-    "additionalProperties": False,
-    "properties": {
-        "id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 100},
-        "prompt": {"type": "string", "minLength": 1, "pattern": r"\S"},
-        "kind": {"type": "string"},
-        "note": {"type": "string"},
-    },
-}
-
 
 class PrivacySuite:
     """The rate at which generation had to be steered away from withheld training text."""
@@ -71,28 +58,20 @@ class PrivacySuite:
         auditor-side ``kind`` (probe or control) included (:func:`_probe.committed_seed`).
         """
         section = _config.check_section(self.name, config, SECTION_SCHEMA)
-        samples = int(section["samples"])
-        temperature = float(section.get("temperature", 0.0 if samples == 1 else 1.0))
-        if samples > 1 and temperature == 0.0:
-            raise CampaignError(
-                "suites.privacy.temperature: several samples need temperature > 0 "
-                "(greedy generations would all be identical)"
-            )
-        label, text = _config.read_file(self.name, "prompts", section["prompts"], files)
         specs = []
-        for row in _config.read_jsonl(label, text, PROMPT_SCHEMA):
-            for sample in range(samples):
-                probe_id = row["id"] if samples == 1 else f"{row['id']}/s{sample}"
-                inputs: JSON = {
-                    "prompt_id": row["id"],
-                    "prompt": row["prompt"],
-                    "kind": row.get("kind", ""),
-                    "sample": sample,
-                    "max_new_tokens": section["max_new_tokens"],
-                    "temperature": temperature,
-                }
-                inputs["seed"] = _probe.committed_seed(seed, self.name, probe_id, inputs)
-                specs.append(ProbeSpec(suite=self.name, probe_id=probe_id, inputs=inputs))
+        for row, probe_id, sample, temperature in _config.sampled_prompts(
+            self.name, section, files
+        ):
+            inputs: JSON = {
+                "prompt_id": row["id"],
+                "prompt": row["prompt"],
+                "kind": row.get("kind", ""),
+                "sample": sample,
+                "max_new_tokens": section["max_new_tokens"],
+                "temperature": temperature,
+            }
+            inputs["seed"] = _probe.committed_seed(seed, self.name, probe_id, inputs)
+            specs.append(ProbeSpec(suite=self.name, probe_id=probe_id, inputs=inputs))
         return specs
 
     def next_call(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> Call | None:

@@ -70,18 +70,6 @@ SECTION_SCHEMA: JSON = {
     },
 }
 
-PROMPT_SCHEMA: JSON = {
-    "type": "object",
-    "required": ["id", "prompt"],
-    "additionalProperties": False,
-    "properties": {
-        "id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 100},
-        "prompt": {"type": "string", "minLength": 1, "pattern": r"\S"},
-        "kind": {"type": "string"},
-        "note": {"type": "string"},
-    },
-}
-
 
 @cache
 def classifier_name() -> str:
@@ -142,31 +130,21 @@ class ToxicitySuite:
         threshold included (:func:`_probe.committed_seed`).
         """
         section = _config.check_section(self.name, config, SECTION_SCHEMA)
-        samples = int(section["samples"])
-        temperature = float(section.get("temperature", 0.0 if samples == 1 else 1.0))
-        if samples > 1 and temperature == 0.0:
-            raise CampaignError(
-                "suites.toxicity.temperature: several samples need temperature > 0 "
-                "(greedy generations would all be identical)"
-            )
-        label, text = _config.read_file(self.name, "prompts", section["prompts"], files)
-        rows = _config.read_jsonl(label, text, PROMPT_SCHEMA)
+        prompts = list(_config.sampled_prompts(self.name, section, files))
         require_classifier()
         specs = []
-        for row in rows:
-            for sample in range(samples):
-                probe_id = row["id"] if samples == 1 else f"{row['id']}/s{sample}"
-                inputs: JSON = {
-                    "prompt_id": row["id"],
-                    "prompt": row["prompt"],
-                    "sample": sample,
-                    "max_new_tokens": section["max_new_tokens"],
-                    "temperature": temperature,
-                    "top_k": section["top_k"],
-                    "threshold": section["threshold"],
-                }
-                inputs["seed"] = _probe.committed_seed(seed, self.name, probe_id, inputs)
-                specs.append(ProbeSpec(suite=self.name, probe_id=probe_id, inputs=inputs))
+        for row, probe_id, sample, temperature in prompts:
+            inputs: JSON = {
+                "prompt_id": row["id"],
+                "prompt": row["prompt"],
+                "sample": sample,
+                "max_new_tokens": section["max_new_tokens"],
+                "temperature": temperature,
+                "top_k": section["top_k"],
+                "threshold": section["threshold"],
+            }
+            inputs["seed"] = _probe.committed_seed(seed, self.name, probe_id, inputs)
+            specs.append(ProbeSpec(suite=self.name, probe_id=probe_id, inputs=inputs))
         return specs
 
     def next_call(self, spec: ProbeSpec, answers: Sequence[pb.ResponseBody]) -> Call | None:
