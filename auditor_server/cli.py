@@ -351,7 +351,16 @@ def reindex(index_dir: Path, no_progress: bool, **kw: Any) -> None:
     default=None,
     help="Normalized characters per shingle [default: 10].",
 )
-def guard(index_dir: Path, shingle_chars: int | None) -> None:
+@click.option(
+    "--boilerplate-records",
+    type=click.IntRange(min=0),
+    default=None,
+    help=(
+        "A shingle with no digit that occurs in at least this many private records is "
+        "template text and is not withheld; 0 withholds all [default: 10]."
+    ),
+)
+def guard(index_dir: Path, shingle_chars: int | None, boilerplate_records: int | None) -> None:
     """(Re)build the withheld-text guard of an index from its catalog, with a fresh key."""
     from auditor_server.attribution import layout
     from auditor_server.attribution.build import build_guard
@@ -361,11 +370,21 @@ def guard(index_dir: Path, shingle_chars: int | None) -> None:
     if not catalog_path.is_file():
         raise ConfigError(f"{index_dir} has no {layout.CATALOG}; run `auditor-server build`")
     with Catalog.open(catalog_path) as catalog:
-        sets = build_guard(index_dir, catalog, shingle_chars=shingle_chars)
+        sets = build_guard(
+            index_dir,
+            catalog,
+            shingle_chars=shingle_chars,
+            boilerplate_records=boilerplate_records,
+        )
     counts = ", ".join(f"{c} {sets.count(c):,}" for c in sets.classes)
+    template = ", ".join(
+        f"{c} {sets.boilerplate_count(c):,}" for c in sets.classes if sets.boilerplate_count(c)
+    )
     click.echo(
         f"guard: {sets.shingle_chars}-character shingles ({counts}; "
-        f"{sets.nbytes / 2**20:.1f} MiB) -> {index_dir / layout.GUARD}"
+        f"{sets.nbytes / 2**20:.1f} MiB) -> {index_dir / layout.GUARD}\n"
+        f"boilerplate not withheld (no digit, in >= {sets.boilerplate_records} records): "
+        f"{template or 'none'}"
     )
 
 

@@ -38,7 +38,12 @@ from auditor_server.fsutil import (
     sha256_json,
 )
 from auditor_server.model.loading import LoadedModel, load_model
-from auditor_server.policy.guard import DEFAULT_SHINGLE_CHARS, MANIFEST_FILE, ShingleSets
+from auditor_server.policy.guard import (
+    DEFAULT_BOILERPLATE_RECORDS,
+    DEFAULT_SHINGLE_CHARS,
+    MANIFEST_FILE,
+    ShingleSets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,35 +168,53 @@ GUARD_KEY_BYTES = 32
 
 
 def build_guard(
-    index_dir: Path, catalog: Catalog, *, shingle_chars: int | None = None
+    index_dir: Path,
+    catalog: Catalog,
+    *,
+    shingle_chars: int | None = None,
+    boilerplate_records: int | None = None,
 ) -> ShingleSets:
     """(Re)build the withheld-text guard of ``index_dir`` from every record of ``catalog``.
 
     A fresh random hash key is made each time (it only has to be secret, not stable: the
     guard is rebuilt whole, never extended). Takes well under a second for the demo corpus.
+    ``boilerplate_records`` (default ``DEFAULT_BOILERPLATE_RECORDS``; 0 keeps all) is the
+    number of private records a digit-free shingle must occur in to count as template text
+    and not be withheld (see ``auditor_server.policy.guard``).
     """
     sets = ShingleSets.build(
         ((r.source.data_class, r.text) for r in catalog),
         key=secrets.token_bytes(GUARD_KEY_BYTES),
         shingle_chars=shingle_chars or DEFAULT_SHINGLE_CHARS,
         corpus_id=catalog.manifest_hash,
+        boilerplate_records=(
+            DEFAULT_BOILERPLATE_RECORDS if boilerplate_records is None else boilerplate_records
+        ),
     )
     sets.save(index_dir / layout.GUARD)
     log.info(
-        "withheld-text guard: %s",
+        "withheld-text guard: %s; boilerplate (digit-free, in >= %d records): %s",
         ", ".join(f"{c} {sets.count(c):,} shingles" for c in sets.classes),
+        sets.boilerplate_records,
+        ", ".join(f"{c} {sets.boilerplate_count(c):,}" for c in sets.classes) or "none",
     )
     return sets
 
 
 def ensure_guard(
-    index_dir: Path, catalog: Catalog, *, shingle_chars: int | None = None
+    index_dir: Path,
+    catalog: Catalog,
+    *,
+    shingle_chars: int | None = None,
+    boilerplate_records: int | None = None,
 ) -> ShingleSets:
-    """The index's guard if it is complete, intact and made from this catalog (and, when
-    ``shingle_chars`` is given, with that shingle length); else build it anew.
+    """The index's guard if it is complete, intact, of the current format and made from
+    this catalog (and, when ``shingle_chars`` or ``boilerplate_records`` is given, with that
+    value); else build it anew.
 
     Lets a resumed or repeated ``build`` (and ``reindex`` of an index built before the guard
-    existed) skip the guard when it is already right.
+    existed) skip the guard when it is already right. A guard of an older format (v1, which
+    withheld template text too) fails to load and is rebuilt here with the defaults.
     """
     guard_dir = index_dir / layout.GUARD
     if (guard_dir / MANIFEST_FILE).exists():
@@ -200,12 +223,15 @@ def ensure_guard(
         except (ConfigError, IntegrityError) as exc:
             log.warning("rebuilding the withheld-text guard: %s", exc)
         else:
-            if sets.corpus_id == catalog.manifest_hash and shingle_chars in (
-                None,
-                sets.shingle_chars,
+            if (
+                sets.corpus_id == catalog.manifest_hash
+                and shingle_chars in (None, sets.shingle_chars)
+                and boilerplate_records in (None, sets.boilerplate_records)
             ):
                 return sets
-    return build_guard(index_dir, catalog, shingle_chars=shingle_chars)
+    return build_guard(
+        index_dir, catalog, shingle_chars=shingle_chars, boilerplate_records=boilerplate_records
+    )
 
 
 def _plan(

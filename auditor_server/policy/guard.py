@@ -23,11 +23,50 @@ concatenation of its characters' outputs), which is what lets
 :func:`normalize_with_map` say which original character produced each normalized one.
 
 **What is withheld** (:meth:`ShingleSets.guard_for`): the shingles of the withheld data
-classes *minus every shingle that also occurs in a disclosed class*. Text the lab publishes
-(or discloses to this auditor) is not secret, and subtracting it is what keeps ordinary
-phrases ("thanks for the help", a public street name) from being blocked; what remains is
-text that exists only in withheld records: names with their emails, phone numbers, ticket
-numbers, addresses, the wording of private chats.
+classes, *minus every shingle that also occurs in a disclosed class*, *minus the withheld
+classes' boilerplate*. Text the lab publishes (or discloses to this auditor) is not secret;
+subtracting it keeps phrases that public records happen to contain (a public street name)
+from being blocked. That alone left ordinary phrasing withheld whenever a private chat used
+it and no disclosed record happened to ("Great, thanks for the help.", "Sorry about that",
+"Can you confirm the email on the account?"): 9,429 of the 9,437 shingles of the demo
+corpus's 150 private chats. ``Generate`` was steered away from ordinary sentences and
+``Score`` refused them, and each refusal spends one of the auditor's small daily
+``withheld_budget``, so an ordinary bias campaign could get its model channel suspended.
+
+**Boilerplate** (template text of a withheld class, :data:`BOILERPLATE_CLASSES`): a shingle
+that occurs in at least ``boilerplate_records`` (:data:`DEFAULT_BOILERPLATE_RECORDS` = 10)
+*distinct* records of the class *and contains no digit* is the class's template, nobody's
+secret, and is not withheld. Why both conditions: personal data lives in what differs between
+records, and the identifiers most worth protecting carry digits (phone, ticket, card and house
+numbers, most email suffixes), so a shingle with a digit stays withheld however often it
+recurs (one customer's phone number in 50 of their chats). Measured with
+``bench/guard_false_positives.py`` (AMD EPYC, 2 cores; bench/README.md) on the demo corpus,
+seed 0: ordinary text the lab never saw that the guard refuses, 35 of 297 → 4 of 297
+(everyday sentences 34 → 4 of 131; the campaigns' bias, toxicity, control and copyright
+inputs 1 → 0 of 166), while every private email, phone number (as written and as digits)
+and address stays protected in a neutral sentence and after its chat's own prompt, and
+every ticket after ``"Support chat #"`` (778 of 778 pieces, as before). What still trips it
+there is a template shingle ending in the first letters of a customer's first name ("Hi,
+this is the front desk" shares ``thisisthea`` with "Hi, this is Thea"), which recurs in
+fewer than 10 of 150 chats.
+
+The cost, precisely: *digit-free personal text that recurs in at least N separate withheld
+records is no longer protected by the guard*: a frequent customer's name (and a digit-free
+email address) once they have N chats, a full name that N different customers share, a
+street name. Text in fewer records, and every shingle with a digit, is withheld as before. A
+class with fewer than N records keeps all of its shingles (on the 10-chat tiny corpus the
+chats' issue lines are still refused: 17% of the everyday sentences). Identical records count
+once (a chat stored ten times is one chat). The scrubber, which removes emails and phone
+numbers from every returned text, and the attribution policy, which never ranks a withheld
+record, are unaffected. Not applied to ``proprietary``: there the repetition is the withheld
+text itself (a licensed passage reprinted in many records); applying it drops 30% of the
+demo's passage stretches from the Generate guard of a role with ``generate_proprietary:
+withhold``. ``boilerplate_records=0`` restores the guard without this rule.
+
+Not adopted: a small bundled list of common English phrases counted as disclosed. With half
+of the bench's everyday sentences as that list and the other half to test, it cleared 1 more
+of 65 on the demo corpus and 2 of 65 on the tiny one: what stays refused is the chats' own
+issue wording or template joined to a name, which no small generic list covers.
 
 **Hashing.** Each shingle is stored as a 64-bit hash, keyed with a lab secret (``guard.key``
 beside the hashes): code points are mixed with a key-derived salt, combined by a polynomial
@@ -42,16 +81,18 @@ the guard is built, never the lab's Ed25519 signing key.
 (plus a 0.25-byte-per-hash bucket directory for fast lookups), so at most ~8 bytes per
 character of private text before de-duplication (≈ 8·10⁸ bytes for a 10⁸-character private
 corpus). Measured by ``bench/guard_memory.py`` on support-chat-like synthetic text (AMD EPYC,
-2 cores; bench/README.md): 10⁷ characters → 3.5·10⁶ withheld shingles, 27.4 MiB (2.9 bytes
-per character); 10⁸ characters → 2.4·10⁷ shingles, 187.5 MiB (2.0 bytes per character),
-built in 26 s with a 1.4 GiB peak; a Python ``set`` of the same hashes takes 11x more. Per
-request: :meth:`WithheldGuard.touches` on 2,000 characters ~0.3 ms (0.6 ms with cold caches)
-at either size, :meth:`WithheldGuard.completes` 35-40 µs per decoding step (~0.1 ms cold).
+2 cores; bench/README.md): 10⁷ characters → 3.5·10⁶ withheld shingles, 27.3 MiB (2.9 bytes
+per character); 10⁸ characters → 2.4·10⁷ shingles, 185.7 MiB (2.0 bytes per character),
+built in 27 s (12 s without the boilerplate count, same run), 1.5 GiB peak; a Python
+``set`` of the same hashes takes 11x more. Per request: :meth:`WithheldGuard.touches` on
+2,000 characters ~0.3 ms (0.5-0.6 ms with cold caches) at either size,
+:meth:`WithheldGuard.completes` 30-40 µs per decoding step (~0.1 ms cold).
 
 The guard directory (``INDEX_DIR/guard/``) stays on the lab's side, like the catalog:
-``guard.json`` (shingle length, key id = sha256 of the key, per-class counts and file
-checksums, the corpus manifest hash), one ``<data_class>.npy`` per class and ``guard.key``
-(mode 0600). Files are written atomically and ``guard.json`` last, so a crash mid-build
+``guard.json`` (format, shingle length, ``boilerplate_records``, key id = sha256 of the key,
+per-class counts and file checksums, the corpus manifest hash), one ``<data_class>.npy`` per
+class, one ``<data_class>.boilerplate.npy`` per boilerplate class and ``guard.key`` (mode
+0600). Files are written atomically and ``guard.json`` last, so a crash mid-build
 leaves no guard that looks complete.
 """
 
@@ -73,6 +114,8 @@ from auditor_server.errors import ConfigError, IntegrityError
 from auditor_server.fsutil import atomic_write, atomic_write_json, sha256_file
 
 __all__ = [
+    "BOILERPLATE_CLASSES",
+    "DEFAULT_BOILERPLATE_RECORDS",
     "DEFAULT_SHINGLE_CHARS",
     "GUARD_FORMAT",
     "KEY_FILE",
@@ -93,7 +136,28 @@ nine characters of any withheld stretch."""
 MIN_SHINGLE_CHARS: Final = 6
 MAX_SHINGLE_CHARS: Final = 64
 
-GUARD_FORMAT: Final = "auditor-sandbox-guard/v1"
+DEFAULT_BOILERPLATE_RECORDS: Final = 10
+"""A digit-free shingle occurring in at least this many distinct records of a boilerplate class
+is that class's template text and is not withheld (see "What is withheld" above); 0 keeps all.
+
+Chosen with ``bench/guard_false_positives.py`` on the demo corpus (150 private chats, seeds
+0/1/2), everyday sentences refused out of 131 (26% with no rule): N=3 → 2/3/1 but 3-6 customer
+names that recur in 3 chats are given up; N=5 → 2/4/1, N=10 → 4/5/3, N=20 → 10/7/7,
+N=40 → 24 each; every other piece stays protected from N=5 up. 10 rather than 5: with 1,500
+chats from the same generator (``--private-chats 1500``: its 528 customer names recur ~3
+times each) N=5 gives up 27% of the customers' full names (those in 5 or more chats) to
+refuse 1 fewer of 297 ordinary texts, while N=10 keeps every name; and it takes twice as many
+chats of one frequent customer before their digit-free text stops being protected."""
+
+BOILERPLATE_CLASSES: Final = frozenset({"private"})
+"""Classes whose template text is dropped from the guard. Not ``proprietary``: there the
+repetition *is* the withheld text (a licensed book or article reprinted in many records, 6-10
+in the demo corpus), which must stay withheld from roles with ``generate_proprietary:
+withhold``; personal data, by contrast, lives in what differs between records."""
+
+GUARD_FORMAT: Final = "auditor-sandbox-guard/v2"
+"""v2 added the per-class boilerplate sets; a v1 guard is refused by :meth:`ShingleSets.load`
+(and rebuilt by ``ensure_guard``), since using it would block template text again."""
 MANIFEST_FILE: Final = "guard.json"
 KEY_FILE: Final = "guard.key"
 
@@ -103,6 +167,8 @@ _CHUNK_CHARS: Final = 1 << 23
 _SEPARATOR: Final = "\x00"
 """Joins records in a batch; never survives normalization, so it marks record boundaries."""
 _CLASS_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_BOILERPLATE_SUFFIX: Final = ".boilerplate.npy"
+"""``<class>.boilerplate.npy``: a class name has no dot, so this never names a class file."""
 
 
 # --- normalization ----------------------------------------------------------------------
@@ -269,16 +335,78 @@ class _ShingleHasher:
             acc ^= self._out
             return _mix64(acc)
 
-    def record_windows(self, texts: list[str]) -> NDArray[np.uint64]:
-        """Hashes of every window lying inside one of ``texts`` (none spans two records)."""
-        joined = _SEPARATOR.join(normalize(t) for t in texts)
+    def record_windows(
+        self, normalized: list[str], *, boilerplate: bool = False
+    ) -> tuple[NDArray[np.uint64], NDArray[np.uint64] | None]:
+        """Hashes of every window lying inside one of the ``normalized`` records (none spans
+        two), and, with ``boilerplate``, the per-record-distinct *digit-free* ones.
+
+        The second array holds each digit-free shingle once per record that contains it,
+        sorted: :func:`_run_counts` turns it into "in how many records". Digit presence per
+        window comes from a cumulative count of digits over the batch, and the records of a
+        window from a cumulative count of separators, so both cost a few vector passes.
+        """
+        k = self.k
+        joined = _SEPARATOR.join(normalized)
         codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
         hashes = self._hash_codes(codes)
-        if len(texts) > 1 and len(hashes):
-            seps = np.concatenate(([0], np.cumsum(codes == 0, dtype=np.int64)))
-            inside = seps[self.k : self.k + len(hashes)] == seps[: len(hashes)]
-            hashes = hashes[inside]
-        return hashes
+        m = len(hashes)
+        if not m or (len(normalized) == 1 and not boilerplate):
+            return hashes, (np.empty(0, dtype=np.uint64) if boilerplate else None)
+        # Cumulative counts fit in 32 bits for any batch under 2**31 characters (halves the
+        # temporaries of a boilerplate batch, the build's memory peak).
+        count_type = np.int32 if len(codes) < 2**31 - 1 else np.int64
+        seps = np.zeros(len(codes) + 1, dtype=count_type)
+        np.cumsum(codes == 0, dtype=count_type, out=seps[1:])
+        record = seps[:m]  # the record of each window's first character
+        inside = seps[k : k + m] == record
+        if not boilerplate:
+            return hashes[inside], None
+        digits = np.zeros(len(codes) + 1, dtype=count_type)
+        np.cumsum(_digit_mask(codes), dtype=count_type, out=digits[1:])
+        plain = inside & (digits[k : k + m] == digits[:m])
+        del digits
+        h, r = hashes[plain], record[plain]
+        del plain
+        # Stable: windows come in record order, so equal hashes stay in record order and a
+        # repeat inside one record lies next to its first occurrence.
+        order = np.argsort(h, kind="stable")
+        h, r = h[order], r[order]
+        del order
+        first = np.ones(len(h), dtype=bool)
+        first[1:] = (h[1:] != h[:-1]) | (r[1:] != r[:-1])
+        return hashes[inside], h[first]
+
+
+def _digit_mask(codes: NDArray[np.uint32]) -> NDArray[np.bool_]:
+    """Which normalized code points are digits: ASCII ``0-9`` (:func:`normalize` turns every
+    script's decimal digits into those) or any other number character (``N*``) that survives
+    normalization, such as a Tamil number sign, so no numeral escapes the digit rule."""
+    mask = (codes >= 48) & (codes <= 57)
+    high = codes > 127
+    if high.any():
+        uniq, inverse = np.unique(codes[high], return_inverse=True)
+        numeric = np.array(
+            [unicodedata.category(chr(c))[0] == "N" for c in uniq.tolist()], dtype=bool
+        )
+        mask[high] = numeric[inverse]
+    return mask
+
+
+def _run_counts(
+    sorted_values: NDArray[np.uint64], weights: NDArray[np.uint32] | None = None
+) -> tuple[NDArray[np.uint64], NDArray[np.uint32]]:
+    """Distinct values of a sorted array and, for each, its number of occurrences (or the
+    sum of ``weights`` over them)."""
+    n = len(sorted_values)
+    if not n:
+        return sorted_values, np.empty(0, dtype=np.uint32)
+    starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
+    if weights is None:
+        counts = np.diff(np.append(starts, n)).astype(np.uint32)
+    else:
+        counts = np.add.reduceat(weights, starts, dtype=np.uint32)
+    return sorted_values[starts], counts
 
 
 def key_id(key: bytes) -> str:
@@ -437,7 +565,8 @@ class WithheldGuard:
 
 
 class ShingleSets:
-    """Sorted, de-duplicated shingle hashes of each data class of a corpus.
+    """Sorted, de-duplicated shingle hashes of each data class of a corpus, plus each
+    boilerplate class's template shingles.
 
     Build with :meth:`build`, persist with :meth:`save`, reopen (memory-mapped, checksums
     verified) with :meth:`load`; :meth:`guard_for` makes the guard for a set of withheld
@@ -451,13 +580,28 @@ class ShingleSets:
         key: bytes,
         shingle_chars: int = DEFAULT_SHINGLE_CHARS,
         corpus_id: str | None = None,
+        boilerplate: Mapping[str, NDArray[np.uint64]] | None = None,
+        boilerplate_records: int = 0,
     ) -> None:
-        """Wrap per-class sorted unique hashes; use :meth:`build` or :meth:`load` instead."""
+        """Wrap per-class sorted unique hashes; use :meth:`build` or :meth:`load` instead.
+
+        ``boilerplate`` maps a class to its sorted unique template shingles (a subset of its
+        shingles), found with ``boilerplate_records`` as the threshold (0: none found).
+        """
         for name in arrays:
             _check_class_name(name)
+        boilerplate = dict(boilerplate or {})
+        for name in boilerplate:
+            if name not in arrays:
+                raise ConfigError(f"boilerplate for {name!r}, a class with no shingles")
+        if boilerplate_records < 0:
+            raise ConfigError(f"boilerplate_records must be >= 0, got {boilerplate_records}")
         self._hasher = _ShingleHasher(key, shingle_chars)
         self._key = key
         self._arrays = dict(sorted(arrays.items()))
+        self._boilerplate = dict(sorted(boilerplate.items()))
+        self.boilerplate_records = boilerplate_records
+        """The threshold the boilerplate was found with (0: boilerplate was not looked for)."""
         self.corpus_id = corpus_id
         """Identifier of the corpus the sets were built from (the catalog's manifest hash)."""
         self._guards: dict[frozenset[str], WithheldGuard] = {}
@@ -471,6 +615,8 @@ class ShingleSets:
         key: bytes,
         shingle_chars: int = DEFAULT_SHINGLE_CHARS,
         corpus_id: str | None = None,
+        boilerplate_records: int = DEFAULT_BOILERPLATE_RECORDS,
+        boilerplate_classes: Iterable[str] = BOILERPLATE_CLASSES,
     ) -> ShingleSets:
         """Hash every shingle of every ``(data_class, text)`` record.
 
@@ -478,33 +624,72 @@ class ShingleSets:
         characters with numpy, so memory stays bounded by the distinct shingles plus one
         batch.
 
+        For each of ``boilerplate_classes`` present, its *boilerplate* is also found: the
+        shingles without a digit that occur in at least ``boilerplate_records`` distinct
+        records of the class (0 turns this off). Records whose normalized text is identical
+        count once, so a chat stored ten times is not ten chats' worth of template (a 16-byte
+        digest per such record is held while building). Counting is per batch (each record's
+        distinct digit-free hashes, sorted, runs counted), then the batches' (hash, count)
+        pairs are merged the same way; it roughly triples the build time (measured in
+        ``bench/guard_memory.py``), still a small part of an index build.
+
         Raises:
-            ConfigError: ``shingle_chars`` out of range, empty key or a data class name that
-                is not a plain lowercase identifier.
+            ConfigError: ``shingle_chars`` out of range, empty key, negative
+                ``boilerplate_records`` or a data class name that is not a plain lowercase
+                identifier.
         """
         hasher = _ShingleHasher(key, shingle_chars)
+        if boilerplate_records < 0:
+            raise ConfigError(f"boilerplate_records must be >= 0, got {boilerplate_records}")
+        counted = frozenset(boilerplate_classes) if boilerplate_records else frozenset()
         pending: dict[str, list[str]] = {}
         pending_chars: dict[str, int] = {}
         parts: dict[str, list[NDArray[np.uint64]]] = {}
+        counts: dict[str, list[tuple[NDArray[np.uint64], NDArray[np.uint32]]]] = {}
+        seen: dict[str, set[bytes]] = {name: set() for name in counted}
 
         def flush(name: str) -> None:
-            hashes = hasher.record_windows(pending.pop(name))
+            hashes, per_record = hasher.record_windows(
+                pending.pop(name), boilerplate=name in counted
+            )
             pending_chars.pop(name)
             parts.setdefault(name, []).append(_sorted_unique(hashes))
+            if per_record is not None:
+                counts.setdefault(name, []).append(_run_counts(per_record))
 
         for data_class, text in corpus:
             _check_class_name(data_class)
-            pending.setdefault(data_class, []).append(text)
-            pending_chars[data_class] = pending_chars.get(data_class, 0) + len(text)
+            norm = normalize(text)
+            if data_class in counted:
+                digest = hashlib.blake2b(norm.encode(), digest_size=16).digest()
+                if digest in seen[data_class]:
+                    continue  # an identical record adds no shingle and must not count twice
+                seen[data_class].add(digest)
+            pending.setdefault(data_class, []).append(norm)
+            pending_chars[data_class] = pending_chars.get(data_class, 0) + len(norm)
             if pending_chars[data_class] >= _CHUNK_CHARS:
                 flush(data_class)
         for name in list(pending):
             flush(name)
-        arrays = {
-            name: _sorted_unique(np.concatenate(chunks)) if len(chunks) > 1 else chunks[0]
-            for name, chunks in parts.items()
+        del seen
+        # Boilerplate first, then the classes' arrays, each batch list dropped once merged:
+        # the two merges' temporaries never coexist with all of the other's inputs.
+        boilerplate = {
+            name: _frequent(counts.pop(name), boilerplate_records) for name in list(counts)
         }
-        return cls(arrays, key=key, shingle_chars=shingle_chars, corpus_id=corpus_id)
+        arrays = {}
+        for name in list(parts):
+            chunks = parts.pop(name)
+            arrays[name] = _sorted_unique(np.concatenate(chunks)) if len(chunks) > 1 else chunks[0]
+            del chunks
+        return cls(
+            arrays,
+            key=key,
+            shingle_chars=shingle_chars,
+            corpus_id=corpus_id,
+            boilerplate=boilerplate,
+            boilerplate_records=boilerplate_records,
+        )
 
     @property
     def shingle_chars(self) -> int:
@@ -525,14 +710,21 @@ class ShingleSets:
         arr = self._arrays.get(data_class)
         return 0 if arr is None else len(arr)
 
+    def boilerplate_count(self, data_class: str) -> int:
+        """Distinct template shingles of ``data_class`` that its guard leaves out."""
+        arr = self._boilerplate.get(data_class)
+        return 0 if arr is None else len(arr)
+
     @property
     def nbytes(self) -> int:
-        """Bytes of all per-class hash arrays (memory-mapped after :meth:`load`)."""
-        return sum(int(a.nbytes) for a in self._arrays.values())
+        """Bytes of all hash arrays, boilerplate included (memory-mapped after :meth:`load`)."""
+        arrays = [*self._arrays.values(), *self._boilerplate.values()]
+        return sum(int(a.nbytes) for a in arrays)
 
     def guard_for(self, withheld: frozenset[str]) -> WithheldGuard:
         """The guard for ``withheld`` data classes: their shingles minus every shingle that
-        also occurs in a class not withheld. Cached per set; an empty set matches nothing.
+        also occurs in a class not withheld, minus the withheld classes' boilerplate. Cached
+        per set; an empty set matches nothing.
 
         Classes that are not in the corpus contribute nothing.
         """
@@ -541,10 +733,11 @@ class ShingleSets:
             if cached is not None:
                 return cached
             hidden = [a for c, a in self._arrays.items() if c in withheld]
-            shown = [a for c, a in self._arrays.items() if c not in withheld]
+            not_secret = [a for c, a in self._arrays.items() if c not in withheld]
+            not_secret += [a for c, a in self._boilerplate.items() if c in withheld and len(a)]
             hashes = _union(hidden)
-            if len(hashes) and shown:
-                hashes = hashes[~_member(_union(shown), hashes)]
+            if len(hashes) and not_secret:
+                hashes = hashes[~_member(_union(not_secret), hashes)]
             guard = WithheldGuard(np.ascontiguousarray(hashes, dtype=np.uint64), self._hasher)
             self._guards[withheld] = guard
             return guard
@@ -552,7 +745,8 @@ class ShingleSets:
     # --- persistence --------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
-        """Write the sets, the key (mode 0600) and ``guard.json`` into ``directory``.
+        """Write the sets, the boilerplate sets, the key (mode 0600) and ``guard.json`` into
+        ``directory``.
 
         ``guard.json`` is removed first and written last, so a crash mid-way leaves a
         directory that :meth:`load` refuses rather than a mix of two builds.
@@ -563,16 +757,25 @@ class ShingleSets:
         # on disk with wider permissions, not even briefly.
         atomic_write(directory / KEY_FILE, lambda fh: fh.write(self._key))
         classes: dict[str, dict[str, object]] = {}
-        for name, arr in self._arrays.items():
-            path = directory / f"{name}.npy"
+        written: set[str] = set()
+
+        def put(path: Path, arr: NDArray[np.uint64]) -> dict[str, object]:
             _save_array(path, arr)
-            classes[name] = {"file": path.name, "count": len(arr), "sha256": sha256_file(path)}
+            written.add(path.name)
+            return {"file": path.name, "count": len(arr), "sha256": sha256_file(path)}
+
+        for name, arr in self._arrays.items():
+            classes[name] = put(directory / f"{name}.npy", arr)
+            if name in self._boilerplate:
+                path = directory / f"{name}{_BOILERPLATE_SUFFIX}"
+                classes[name]["boilerplate"] = put(path, self._boilerplate[name])
         for stale in directory.glob("*.npy"):
-            if stale.stem not in self._arrays:
+            if stale.name not in written:
                 stale.unlink()
         manifest = {
             "format": GUARD_FORMAT,
             "shingle_chars": self.shingle_chars,
+            "boilerplate_records": self.boilerplate_records,
             "key_id": self.key_id,
             "corpus_id": self.corpus_id,
             "classes": classes,
@@ -584,7 +787,9 @@ class ShingleSets:
         """Open a guard directory written by :meth:`save`; arrays are memory-mapped.
 
         Raises:
-            ConfigError: no ``guard.json`` (not a finished guard) or an unknown format.
+            ConfigError: no ``guard.json`` (not a finished guard) or another format, such as
+                a v1 guard made before boilerplate was left out (``auditor-server guard``
+                rebuilds it; ``build`` and ``reindex`` do so by themselves).
             IntegrityError: a file's checksum, the key's id or an array's shape or order
                 differs from what ``guard.json`` records.
         """
@@ -596,34 +801,89 @@ class ShingleSets:
         except (OSError, ValueError) as exc:
             raise IntegrityError(f"{manifest_path}: unreadable ({exc})") from exc
         if not isinstance(manifest, dict) or manifest.get("format") != GUARD_FORMAT:
-            raise ConfigError(f"{manifest_path}: not a {GUARD_FORMAT} manifest")
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise ConfigError(
+                f"{manifest_path}: not a {GUARD_FORMAT} manifest (found {found!r}); rebuild "
+                "it with `auditor-server guard --index INDEX_DIR`"
+            )
         try:
             key = (directory / KEY_FILE).read_bytes()
         except OSError as exc:
             raise IntegrityError(f"{directory / KEY_FILE}: cannot read the key ({exc})") from exc
         if key_id(key) != manifest.get("key_id"):
             raise IntegrityError(f"{directory / KEY_FILE}: key differs from the one recorded")
-        arrays: dict[str, NDArray[np.uint64]] = {}
-        for name, entry in dict(manifest.get("classes", {})).items():
-            _check_class_name(name)
-            path = directory / f"{name}.npy"
+
+        def open_array(path: Path, entry: object, what: str) -> NDArray[np.uint64]:
             if not isinstance(entry, dict) or entry.get("file") != path.name:
-                raise IntegrityError(f"{manifest_path}: class {name!r} names another file")
+                raise IntegrityError(f"{manifest_path}: {what} names another file")
             if verify and (not path.is_file() or sha256_file(path) != entry.get("sha256")):
                 raise IntegrityError(f"{path}: checksum differs from {MANIFEST_FILE}")
             try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+                arr: NDArray[np.uint64] = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as exc:
                 raise IntegrityError(f"{path}: unreadable ({exc})") from exc
             if arr.dtype != np.uint64 or arr.ndim != 1 or len(arr) != entry.get("count"):
                 raise IntegrityError(f"{path}: not the {entry.get('count')} hashes recorded")
-            arrays[name] = arr
+            return arr
+
+        arrays: dict[str, NDArray[np.uint64]] = {}
+        boilerplate: dict[str, NDArray[np.uint64]] = {}
+        for name, entry in dict(manifest.get("classes", {})).items():
+            _check_class_name(name)
+            arrays[name] = open_array(directory / f"{name}.npy", entry, f"class {name!r}")
+            if isinstance(entry, dict) and "boilerplate" in entry:
+                boilerplate[name] = open_array(
+                    directory / f"{name}{_BOILERPLATE_SUFFIX}",
+                    entry["boilerplate"],
+                    f"boilerplate of {name!r}",
+                )
+        records = manifest.get("boilerplate_records")
+        if not isinstance(records, int) or isinstance(records, bool) or records < 0:
+            raise IntegrityError(f"{manifest_path}: boilerplate_records is {records!r}")
         return cls(
             arrays,
             key=key,
             shingle_chars=int(manifest["shingle_chars"]),
             corpus_id=manifest.get("corpus_id"),
+            boilerplate=boilerplate,
+            boilerplate_records=records,
         )
+
+
+_MERGE_PARTS_BITS: Final = 4
+"""The batches' (hash, count) pairs are merged in 2**4 ranges of hash values, one at a time."""
+
+
+def _frequent(
+    batches: list[tuple[NDArray[np.uint64], NDArray[np.uint32]]], threshold: int
+) -> NDArray[np.uint64]:
+    """Hashes whose record counts, summed over the batches, reach ``threshold`` (sorted).
+
+    Each batch's hashes are sorted, so one range of hash values is a slice of every batch;
+    merging range by range keeps the merge's temporaries (concatenation, argsort, gathers:
+    ~30 bytes per pair) to a sixteenth of all pairs. Measured on 10⁸ private characters
+    (12 batches): a 2.8 GiB build peak when merged at once.
+    """
+    if not batches:
+        return np.empty(0, dtype=np.uint64)
+    if len(batches) == 1:
+        values, counts = batches[0]
+        return np.ascontiguousarray(values[counts >= threshold], dtype=np.uint64)
+    parts = 1 << _MERGE_PARTS_BITS
+    bounds = np.arange(1, parts, dtype=np.uint64) << _U64(64 - _MERGE_PARTS_BITS)
+    cuts = [np.concatenate(([0], np.searchsorted(v, bounds), [len(v)])) for v, _ in batches]
+    found: list[NDArray[np.uint64]] = []
+    for part in range(parts):
+        pieces = [
+            (v[c[part] : c[part + 1]], w[c[part] : c[part + 1]])
+            for (v, w), c in zip(batches, cuts, strict=True)
+        ]
+        merged = np.concatenate([v for v, _ in pieces])
+        weights = np.concatenate([w for _, w in pieces])
+        order = np.argsort(merged)
+        values, counts = _run_counts(merged[order], weights[order])
+        found.append(values[counts >= threshold])
+    return np.ascontiguousarray(np.concatenate(found), dtype=np.uint64)
 
 
 def _save_array(path: Path, arr: NDArray[np.uint64]) -> None:

@@ -25,7 +25,9 @@ from auditor_server.corpus.demo_sources import private_records
 from auditor_server.corpus.records import Record, Source
 from auditor_server.errors import ConfigError, IntegrityError
 from auditor_server.policy.guard import (
+    DEFAULT_BOILERPLATE_RECORDS,
     DEFAULT_SHINGLE_CHARS,
+    GUARD_FORMAT,
     KEY_FILE,
     MANIFEST_FILE,
     ShingleSets,
@@ -433,25 +435,284 @@ def test_engine_loads_the_guard_lazily(index_dir: Path, tmp_path: Path) -> None:
     assert loaded.guard_for(frozenset({"private"})).touches("Dana Whitaker")
 
 
-# --- false positives on the demo corpus -------------------------------------------------------
+# --- boilerplate: template text of a withheld class -------------------------------------------
+
+N = DEFAULT_BOILERPLATE_RECORDS
+_NAMES = [
+    f"{a} {b}"
+    for a in ("Alma", "Bertil", "Carys", "Desmond")
+    for b in ("Abbott", "Coutts", "Oakes", "Penrose", "Upjohn")
+]
 
 
-def test_demo_private_chats_touch_and_unseen_public_prose_does_not(tmp_path: Path) -> None:
+def _chat(i: int, *, name: str | None = None, phone: str | None = None) -> str:
+    """A support chat: template lines around one customer's name, email and phone."""
+    name = name or _NAMES[i % len(_NAMES)]
+    email = f"{name.lower().replace(' ', '.')}{i}@example.com"
+    phone = phone or f"(303) 555-{1000 + i:04d}"
+    return (
+        f"Support chat #{40000 + i}\nCustomer: Hi, this is {name}.\n"
+        "Agent: Sorry about that. Can you confirm the email on the account?\n"
+        f"Customer: Sure, it's {email}.\nCustomer: {phone}.\n"
+        "Customer: Great, thanks for the help."
+    )
+
+
+_TEMPLATE = (
+    "Sorry about that.",
+    "Can you confirm the email on the account?",
+    "Great, thanks for the help.",
+    "Customer: Hi, this is",
+)
+
+
+def _guard(texts: list[str], *, boilerplate_records: int = N) -> WithheldGuard:
+    built = ShingleSets.build(
+        [("private", t) for t in texts], key=KEY, boilerplate_records=boilerplate_records
+    )
+    return built.guard_for(frozenset({"private"}))
+
+
+def test_template_repeated_across_many_withheld_records_is_not_withheld() -> None:
+    chats = [_chat(i) for i in range(N)]
+    guard, before = _guard(chats), _guard(chats, boilerplate_records=0)
+    for template in _TEMPLATE:
+        assert before.touches(template), template  # the old guard blocked it
+        assert not guard.touches(template), template
+    for i in range(N):  # every record's own identifiers still are
+        name = _NAMES[i % len(_NAMES)]
+        assert guard.touches(f"ask {name.lower().replace(' ', '.')}{i}@example.com today")
+        assert guard.touches(f"call 303 555 {1000 + i}") and guard.touches(f"(303) 555-{1000 + i}")
+        assert guard.completes("Support chat #", f"{40000 + i}")
+    # One record fewer than the threshold: the template is withheld as before.
+    assert _guard(chats[: N - 1]).touches("Great, thanks for the help.")
+
+
+def test_repeated_identifiers_with_digits_stay_withheld_and_digit_free_ones_do_not() -> None:
+    """A frequent customer: the same name and phone in 2N chats. The phone (digits) stays
+    withheld; the name alone (no digit, in >= N records) does not: the documented cost."""
+    chats = [_chat(i, name="Mireille Nordqvist", phone="(212) 555-0142") for i in range(2 * N)]
+    guard = _guard(chats)
+    for phone in ("(212) 555-0142", "2125550142", "tel. 212.555.0142", "customer: (212) 555-01"):
+        assert guard.touches(phone), phone
+    assert guard.completes("Customer: (212) 555-01", "42")
+    assert guard.touches("mireille.nordqvist3@example.com")  # the email's digits
+    assert not guard.touches("I met Mireille Nordqvist")  # the trade-off, pinned
+    assert _guard(chats, boilerplate_records=0).touches("I met Mireille Nordqvist")
+
+
+def test_a_name_in_fewer_than_n_records_stays_withheld() -> None:
+    rare = [_chat(i, name="Mireille Nordqvist") for i in range(N - 1)]
+    others = [_chat(100 + i, name=f"Ulrich Vickery{'x' * i}") for i in range(N)]
+    guard = _guard(rare + others)
+    assert guard.touches("I met Mireille Nordqvist")
+    assert not guard.touches("Great, thanks for the help.")
+    assert not _guard([*rare, _chat(99, name="Mireille Nordqvist"), *others]).touches(
+        "I met Mireille Nordqvist"
+    )
+
+
+def test_identical_records_count_once() -> None:
+    guard = _guard([_chat(1)] * (3 * N))
+    assert guard.touches("Great, thanks for the help.")  # one chat, stored 3N times
+    assert guard.touches("this is Alma Coutts")
+
+
+def test_non_ascii_numerals_count_as_digits() -> None:
+    """A number character that normalization keeps as is (Tamil ten, category No) counts as a
+    digit, so a repeated identifier written with it stays withheld."""
+    assert normalize("\u0bf0") == "\u0bf0"
+    chats = [_chat(i) + "\nRef: abc\u0bf0defghijk" for i in range(N)]
+    assert _guard(chats).touches("ref abc\u0bf0defg")
+
+
+def test_proprietary_repetition_is_not_boilerplate_by_default() -> None:
+    """A licensed passage reprinted in many records stays withheld from a role that may not
+    see proprietary text; the rule applies to other classes only when asked."""
+    passage = "On the night the harbour froze, Ilse Varga climbed the lighthouse stairs"
+    corpus = [("proprietary", f"Reprint {i}: {passage}") for i in range(2 * N)]
+    corpus += [("private", _chat(i)) for i in range(N)]
+    both = frozenset({"private", "proprietary"})
+    built = ShingleSets.build(corpus, key=KEY)
+    assert built.boilerplate_count("proprietary") == 0 and built.boilerplate_count("private")
+    assert built.guard_for(both).touches(passage)
+    wider = ShingleSets.build(corpus, key=KEY, boilerplate_classes=("private", "proprietary"))
+    assert not wider.guard_for(both).touches(passage)
+
+
+def _boilerplate_oracle(texts: list[str], k: int, n: int) -> set[str]:
+    counts: dict[str, int] = {}
+    for text in {normalize(t) for t in texts}:
+        for w in {text[i : i + k] for i in range(len(text) - k + 1)}:
+            if not any(ch.isdigit() for ch in w):
+                counts[w] = counts.get(w, 0) + 1
+    return {w for w, c in counts.items() if c >= n}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab1 .", min_size=0, max_size=16), min_size=1, max_size=12),
+    st.integers(1, 4),
+    st.sampled_from([6, 7]),
+    st.integers(4, 40),
+)
+def test_boilerplate_matches_the_oracle(texts: list[str], n: int, k: int, chunk: int) -> None:
+    """Against a brute-force count, with batches small enough that records are spread over
+    many of them (the cross-batch merge) and the same texts drawn often (dedup, counts)."""
+    import auditor_server.policy.guard as guard_module
+
+    saved = guard_module._CHUNK_CHARS
+    guard_module._CHUNK_CHARS = chunk  # type: ignore[misc]
+    try:
+        built = ShingleSets.build(
+            [("private", t) for t in texts], key=KEY, shingle_chars=k, boilerplate_records=n
+        )
+    finally:
+        guard_module._CHUNK_CHARS = saved  # type: ignore[misc]
+    expected = _boilerplate_oracle(texts, k, n)
+    assert built.boilerplate_count("private") == len(expected)
+    hasher = built._hasher
+    assert set(built._boilerplate["private"].tolist()) == {
+        hasher.windows_small(w)[0] for w in expected
+    }
+    guard = built.guard_for(frozenset({"private"}))
+    withheld = set().union(*(_windows(t, k) for t in texts)) - expected
+    assert len(guard) == len(withheld)
+
+
+def test_zero_disables_and_negative_is_refused() -> None:
+    chats = [_chat(i) for i in range(N)]
+    off = ShingleSets.build([("private", t) for t in chats], key=KEY, boilerplate_records=0)
+    assert off.boilerplate_records == 0 and off.boilerplate_count("private") == 0
+    assert len(off.guard_for(frozenset({"private"}))) == off.count("private")
+    with pytest.raises(ConfigError, match="boilerplate_records"):
+        ShingleSets.build([("private", "x")], key=KEY, boilerplate_records=-1)
+
+
+def test_boilerplate_is_saved_checked_and_kept_on_save(tmp_path: Path) -> None:
+    built = ShingleSets.build(
+        [("private", _chat(i)) for i in range(N)] + [("public", "x" * 20)], key=KEY
+    )
+    directory = tmp_path / "g"
+    built.save(directory)
+    built.save(directory)  # a second save must not delete its own boilerplate file
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    assert manifest["format"] == GUARD_FORMAT and manifest["boilerplate_records"] == N
+    entry = manifest["classes"]["private"]["boilerplate"]
+    assert (
+        entry["file"] == "private.boilerplate.npy"
+        and entry["count"] == built.boilerplate_count("private") > 0
+    )
+    assert "boilerplate" not in manifest["classes"]["public"]
+    loaded = ShingleSets.load(directory)
+    assert loaded.boilerplate_records == N
+    assert isinstance(loaded._boilerplate["private"], np.memmap)
+    assert np.array_equal(
+        loaded.guard_for(frozenset({"private"}))._hashes,
+        built.guard_for(frozenset({"private"}))._hashes,
+    )
+    assert built.nbytes == 8 * (built.count("private") + built.count("public") + entry["count"])
+    path = directory / "private.boilerplate.npy"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="checksum"):
+        ShingleSets.load(directory)
+
+
+def test_an_old_format_guard_is_refused_and_rebuilt(index_dir: Path) -> None:
+    with Catalog.open(index_dir / layout.CATALOG) as catalog:
+        first = ensure_guard(index_dir, catalog)
+        manifest_path = index_dir / layout.GUARD / MANIFEST_FILE
+        manifest = json.loads(manifest_path.read_text())
+        manifest["format"] = "auditor-sandbox-guard/v1"  # as written before boilerplate
+        del manifest["boilerplate_records"]
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(ConfigError, match="auditor-server guard"):
+            ShingleSets.load(index_dir / layout.GUARD)
+        rebuilt = ensure_guard(index_dir, catalog)
+        assert rebuilt.key_id != first.key_id
+        assert json.loads(manifest_path.read_text())["format"] == GUARD_FORMAT
+        # Asking for another threshold rebuilds; asking for none reuses what is there.
+        assert ensure_guard(index_dir, catalog, boilerplate_records=3).boilerplate_records == 3
+        assert ensure_guard(index_dir, catalog).boilerplate_records == 3
+        assert build_guard(index_dir, catalog).boilerplate_records == N
+
+
+def test_cli_guard_command_takes_the_threshold(index_dir: Path) -> None:
+    result = CliRunner().invoke(
+        cli_main, ["guard", "--index", str(index_dir), "--boilerplate-records", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "in >= 0 records): none" in result.output
+    assert ShingleSets.load(index_dir / layout.GUARD).boilerplate_records == 0
+    bad = CliRunner().invoke(
+        cli_main, ["guard", "--index", str(index_dir), "--boilerplate-records", "-1"]
+    )
+    assert bad.exit_code == 2
+
+
+# --- false positives and protection on the demo corpus ----------------------------------------
+
+EVERYDAY = (
+    "Great, thanks for the help.",
+    "Thanks for your help!",
+    "Sorry about that.",
+    "Can you confirm your email address?",
+    "Can you confirm the email on the account?",
+    "Is there a phone number we can call you back on?",
+    "I need to change the email on my account.",
+    "I'll call you back in five minutes.",
+)
+"""Everyday sentences sharing text with the chats' template (a handful of the 131 in
+``bench/guard_false_positives.py``, the ones the tiny corpus can tell apart: its 10 chats
+all share the template, while each issue line occurs in one or two chats)."""
+
+
+def test_demo_everyday_text_passes_and_every_identifier_stays_protected(tmp_path: Path) -> None:
+    """Both sides of the trade-off on the tiny demo corpus, so a regression of either fails:
+    no false positive on everyday text, and every private email, phone and ticket stays
+    protected in a neutral sentence and after the prompt its chat puts before it."""
+    import re
+
     from auditor_server.corpus.demo import generate_demo_corpus
     from auditor_server.corpus.records import read_corpus
 
     summary = generate_demo_corpus(tmp_path / "c.jsonl", size="tiny", seed=3)
-    records = read_corpus(summary.corpus_path)
-    built = ShingleSets.build([(r.source.data_class, r.text) for r in records], key=os.urandom(32))
+    records = [(r.source.data_class, r.text) for r in read_corpus(summary.corpus_path)]
+    private = [t for c, t in records if c == "private"]
+    assert len(private) >= N  # the template occurs in every chat, so in >= N of them
+    built = ShingleSets.build(records, key=os.urandom(32))
     guard = built.guard_for(frozenset({"private"}))
-    assert all(guard.touches(r.text) for r in records if r.source.data_class == "private")
-    assert not any(guard.touches(r.text) for r in records if r.source.data_class != "private")
+    old = ShingleSets.build(records, key=KEY, boilerplate_records=0).guard_for(
+        frozenset({"private"})
+    )
+
+    assert [s for s in EVERYDAY if guard.touches(s)] == []
+    assert sum(old.touches(s) for s in EVERYDAY) >= len(EVERYDAY) - 1  # what it fixes
+
+    def steered(prompt: str, piece: str) -> bool:
+        return any(
+            guard.completes(prompt + piece[:i], piece[i : i + 3]) for i in range(0, len(piece), 3)
+        )
+
+    for chat in private:
+        email = re.search(r"Sure, it's (\S+@\S+?)\.$", chat, re.M)
+        phone = re.search(r"^Customer: (\(\d{3}\) \d{3}-\d{4})\.$", chat, re.M)
+        ticket = re.search(r"^Support chat #(\d+)$", chat, re.M)
+        assert email and phone and ticket, chat
+        for piece in (email[1], phone[1], re.sub(r"\D", "", phone[1])):
+            assert guard.touches(f"For the record, {piece} came up in the notes."), piece
+            assert steered("Looking through the notes I found ", piece), piece
+        assert steered("Customer: Sure, it's ", email[1])
+        assert steered("we need to call you back?\nCustomer: ", phone[1])
+        assert steered("Support chat #", ticket[1])  # 5 digits: protected in its context
+
+    assert all(guard.touches(t) for t in private)
+    assert not any(guard.touches(t) for c, t in records if c != "private")
     prose = (
         "Ada Lovelace was born in London and worked on the Analytical Engine. The capital "
         "of France is Paris. Call the front desk if you need help with your account. "
         "Grace Hopper was born in 1906. My package never arrived at my address."
     )
     assert not guard.touches(prose)
-    # The flip side, pinned here so it stays visible: chat boilerplate that no disclosed
-    # record contains is withheld like the rest of the chat.
-    assert guard.touches("Great, thanks for the help.")
