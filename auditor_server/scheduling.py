@@ -14,6 +14,18 @@ attribution job with the same search settings (excluded classes, ``top_k``), sti
 robin order, up to ``max_batch``. On two cores a pass over eight queries costs far less than
 eight passes, which is what lets a campaign's concurrent workers speed up at all.
 
+Score and Generate jobs (:class:`ScoreJob`, :class:`GenerateJob`) are batched the same way
+when the scheduler is given the engine's ``score_many`` / ``generate_many``: concurrent
+Score queries share one padded forward, concurrent Generate calls are decoded as one batch
+(each row with its own settings, seed and withheld-text guard), because on two cores a
+campaign's engine time is mostly decoding steps whose cost is the forward's fixed overhead,
+not its width. Every Score/Generate settings combination is compatible, as the batched calls
+handle each row's settings themselves. A batched Generate answers all its rows when the
+longest is done, so a short request batched with a long one waits for it, never longer than
+it would have waited queued behind it. A job alone, or whose batch failed, runs by itself
+(the job is callable: its ``alone`` is the unbatched engine call), so one bad request never
+fails its batch-mates and a lone request gets exactly the unbatched answer.
+
 A job whose caller has given up (deadline passed, call cancelled) before it starts is
 dropped without running. Only the engine thread touches the engine.
 """
@@ -23,14 +35,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttributeJob", "EngineScheduler", "SchedulerClosedError"]
+__all__ = ["AttributeJob", "EngineScheduler", "GenerateJob", "SchedulerClosedError", "ScoreJob"]
 
 
 class SchedulerClosedError(RuntimeError):
@@ -51,15 +63,53 @@ class AttributeJob:
         return (self.exclude_classes, self.top_k)
 
 
+@dataclass(frozen=True, eq=False)
+class ScoreJob:
+    """One Score query; any two can share a forward (the engine's ``score_many``).
+
+    Calling the job runs it alone (``alone``, the engine's ``score``): what the scheduler
+    does without company or a batched call, after a failed batch, and what the service
+    does when it runs without the scheduler.
+    """
+
+    prompt: str
+    completion: str
+    alone: Callable[[], Any]
+
+    def __call__(self) -> Any:
+        return self.alone()
+
+
+@dataclass(frozen=True, eq=False)
+class GenerateJob:
+    """One Generate call, ``(prompt, options)`` as the engine's ``generate_many`` takes it
+    (``options``: ``generate_constrained``'s keyword arguments, the guard included); any two
+    can be decoded in one batch. Calling the job runs it alone, as :class:`ScoreJob`."""
+
+    prompt: str
+    options: Mapping[str, Any]
+    alone: Callable[[], Any]
+
+    def __call__(self) -> Any:
+        return self.alone()
+
+
+Work = Callable[[], Any] | AttributeJob | ScoreJob | GenerateJob
+
+
 @dataclass
 class _Entry:
     owner: str
-    work: Callable[[], Any] | AttributeJob
+    work: Work
     future: Future[Any] = field(default_factory=Future)
 
 
 AttributeMany = Callable[[Sequence[tuple[str, str]], int, Collection[str]], list[Any]]
 """``(pairs, top_k, exclude_classes) -> answers``, the engine's batched attribution."""
+ScoreMany = Callable[[Sequence[tuple[str, str]]], list[Any]]
+"""``pairs -> results``, the engine's batched Score."""
+GenerateMany = Callable[[Sequence[tuple[str, Mapping[str, Any]]]], list[Any]]
+"""``[(prompt, options)] -> results``, the engine's batched Generate."""
 
 
 class EngineScheduler:
@@ -67,25 +117,36 @@ class EngineScheduler:
 
     Args:
         attribute_many: the engine's batched attribution call.
-        max_batch: most attribution queries in one featurize pass.
+        score_many: the engine's batched Score; without it Score jobs run one by one.
+        generate_many: the engine's batched Generate; without it Generate jobs run one by one.
+        max_batch: most jobs in one batched pass.
     """
 
-    def __init__(self, attribute_many: AttributeMany, *, max_batch: int = 8) -> None:
+    def __init__(
+        self,
+        attribute_many: AttributeMany,
+        *,
+        score_many: ScoreMany | None = None,
+        generate_many: GenerateMany | None = None,
+        max_batch: int = 8,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._attribute_many = attribute_many
+        self._score_many = score_many
+        self._generate_many = generate_many
         self._max_batch = max_batch
         self._queues: OrderedDict[str, deque[_Entry]] = OrderedDict()
         self._cond = threading.Condition()
         self._closed = False
         self.passes = 0
-        """Engine passes run so far (a batched attribution pass counts once)."""
+        """Engine passes run so far (a batched pass counts once)."""
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
 
     # --- submitting ---------------------------------------------------------------------
 
-    def submit(self, owner: str, work: Callable[[], Any] | AttributeJob) -> Future[Any]:
+    def submit(self, owner: str, work: Work) -> Future[Any]:
         """Queue ``work`` for ``owner``; the future holds its result or exception.
 
         Cancel the future (``future.cancel()``) to drop the job if it has not started.
@@ -125,8 +186,9 @@ class EngineScheduler:
                     if not entry.future.set_running_or_notify_cancel():
                         continue  # its caller gave up before it started
                     batch = [entry]
-                    if isinstance(entry.work, AttributeJob):
-                        batch.extend(self._companions(entry.work.batch_key))
+                    key = self._batch_key(entry.work)
+                    if key is not None:
+                        batch.extend(self._companions(key))
                     return batch
                 if self._closed:
                     return None
@@ -138,8 +200,24 @@ class EngineScheduler:
         if queue:
             self._queues[owner] = queue
 
-    def _companions(self, key: tuple[frozenset[str], int]) -> list[_Entry]:
-        """Queued attribution jobs with the same key, taken round robin, up to the batch size."""
+    def _batch_key(self, work: Work) -> tuple[Any, ...] | None:
+        """Jobs with equal keys can share a pass; None for work that runs alone."""
+        if isinstance(work, AttributeJob):
+            return ("attribute", *work.batch_key)
+        if isinstance(work, ScoreJob) and self._score_many is not None:
+            return ("score",)
+        if isinstance(work, GenerateJob) and self._generate_many is not None:
+            return ("generate",)
+        return None
+
+    def _companions(self, key: tuple[Any, ...]) -> list[_Entry]:
+        """Queued jobs with the same batch key, taken round robin, up to the batch size.
+
+        Each owner's first matching job is taken, not only the head of its queue: one
+        auditor's concurrent calls have no order among themselves, and a campaign's workers
+        interleave kinds (a Generate, then a Score...), so heads alone would rarely match.
+        Fairness is kept: owners still contribute in turn, and a batch is one pass.
+        """
         taken: list[_Entry] = []
         progress = True
         while progress and len(taken) + 1 < self._max_batch:
@@ -148,14 +226,17 @@ class EngineScheduler:
                 if len(taken) + 1 >= self._max_batch:
                     break
                 queue = self._queues[owner]
-                head = queue[0]
-                if not (isinstance(head.work, AttributeJob) and head.work.batch_key == key):
+                found = next(
+                    (i for i, e in enumerate(queue) if self._batch_key(e.work) == key), None
+                )
+                if found is None:
                     continue
-                queue.popleft()
+                entry = queue[found]
+                del queue[found]
                 self._rotate(owner)
-                if head.future.set_running_or_notify_cancel():
-                    taken.append(head)
-                    progress = True
+                progress = True
+                if entry.future.set_running_or_notify_cancel():
+                    taken.append(entry)
         return taken
 
     def _loop(self) -> None:
@@ -171,6 +252,9 @@ class EngineScheduler:
 
     def _run(self, batch: list[_Entry]) -> None:
         first = batch[0].work
+        if isinstance(first, ScoreJob | GenerateJob) and len(batch) > 1:
+            self._run_many(batch)
+            return
         if not isinstance(first, AttributeJob):
             assert len(batch) == 1
             _settle(batch[0].future, first)
@@ -189,6 +273,31 @@ class EngineScheduler:
                 job = entry.work
                 assert isinstance(job, AttributeJob)
                 _settle(entry.future, lambda job=job: self._single(job))  # type: ignore[misc]
+            return
+        for entry, answer in zip(batch, answers, strict=True):
+            entry.future.set_result(answer)
+
+    def _run_many(self, batch: list[_Entry]) -> None:
+        """A batch of Score or Generate jobs in one engine call; each alone if it fails."""
+        try:
+            if isinstance(batch[0].work, ScoreJob):
+                assert self._score_many is not None
+                scores = [e.work for e in batch if isinstance(e.work, ScoreJob)]
+                answers = self._score_many([(j.prompt, j.completion) for j in scores])
+            else:
+                assert self._generate_many is not None
+                gens = [e.work for e in batch if isinstance(e.work, GenerateJob)]
+                answers = self._generate_many([(j.prompt, j.options) for j in gens])
+            if len(answers) != len(batch):
+                raise RuntimeError(f"{len(answers)} answers for a batch of {len(batch)}")
+        except Exception:
+            # One bad request (an input the engine refuses) must not fail its batch-mates:
+            # each runs on its own and gets its own answer or error.
+            logger.debug("batched engine call failed; running its jobs one by one", exc_info=True)
+            for entry in batch:
+                work = entry.work
+                assert callable(work)
+                _settle(entry.future, work)
             return
         for entry, answer in zip(batch, answers, strict=True):
             entry.future.set_result(answer)

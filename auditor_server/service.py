@@ -54,7 +54,7 @@ from auditor_server.policy.disclose import DisclosedResult, disclose
 from auditor_server.policy.model import Policy
 from auditor_server.policy.quota import QuotaStore
 from auditor_server.policy.scrub import find_pii, scrub, scrub_range
-from auditor_server.scheduling import AttributeJob, EngineScheduler
+from auditor_server.scheduling import AttributeJob, EngineScheduler, GenerateJob, ScoreJob
 from auditor_server.security.errors import MethodNotAllowed, RequestRejected
 from auditor_server.security.lab_keys import LabKey
 from auditor_server.security.replay import ReplayCache
@@ -278,7 +278,11 @@ class AuditService:
         self.scheduler = EngineScheduler(
             lambda pairs, top_k, excluded: engine.attribute_many(
                 pairs, top_k=top_k, exclude_classes=excluded
-            )
+            ),
+            # Concurrent Score and Generate calls share a pass too; an engine without the
+            # batched calls (a test double) gets them one by one.
+            score_many=getattr(engine, "score_many", None),
+            generate_many=getattr(engine, "generate_many", None),
         )
         self._shingles = engine.shingle_sets if self.defences.withheld_guard else None
         if self.defences.withheld_guard and self._shingles is None:
@@ -594,17 +598,21 @@ class AuditService:
             )
         self._check_not_suspended(v, policy)
         guard = self._guard(policy.generation_withheld_classes(v.role))
+        options: dict[str, Any] = {
+            "guard": guard,
+            "max_new_tokens": req.max_new_tokens,
+            "temperature": temperature,
+            "seed": int(req.seed),
+        }
+        job = GenerateJob(
+            req.prompt,
+            options,
+            alone=lambda: self.engine.generate_constrained(req.prompt, **options),
+        )
         with self._charged(v, policy, 1):
-            generated: Any = self._run(
-                call,
-                lambda: self.engine.generate_constrained(
-                    req.prompt,
-                    guard=guard,
-                    max_new_tokens=req.max_new_tokens,
-                    temperature=temperature,
-                    seed=int(req.seed),
-                ),
-            )
+            # Decoded in one batch with other auditors' concurrent Generate calls, each row
+            # with its own settings, seed and guard (see EngineScheduler).
+            generated: Any = self._run(call, job)
         if generated.banned_tokens > 0 and guard is not None:
             # Being steered tells the auditor that its prompt leads into withheld text: a
             # membership answer like a refused Score, rationed by the same budget.
@@ -638,7 +646,14 @@ class AuditService:
             self._spend_withheld(v)
             raise RefusalError("PERMISSION_DENIED", WITHHELD_TEXT)
         with self._charged(v, policy, 1):
-            result = self._run(call, lambda: self.engine.score(req.prompt, req.completion))
+            result = self._run(
+                call,
+                ScoreJob(
+                    req.prompt,
+                    req.completion,
+                    alone=lambda: self.engine.score(req.prompt, req.completion),
+                ),
+            )
         return "score", pb.ScoreResponse(
             logprob=result.logprob, completion_tokens=result.num_tokens
         )

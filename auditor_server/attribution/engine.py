@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,14 @@ from auditor_server.corpus.catalog import Catalog
 from auditor_server.errors import ConfigError, IndexMismatchError, InputError, IntegrityError
 from auditor_server.fsutil import sha256_file
 from auditor_server.model.generation import (
+    GenerationRequest,
     GenerationResult,
     ScoreResult,
     generate,
     generate_constrained,
+    generate_many,
     score,
+    score_many,
 )
 from auditor_server.model.loading import LoadedModel, hash_model_files, load_model
 from auditor_server.policy.guard import MANIFEST_FILE as GUARD_MANIFEST
@@ -274,6 +277,30 @@ class AttributionEngine:
     def score(self, prompt: str, completion: str) -> ScoreResult:
         """log p(completion | prompt) under the indexed model."""
         return score(self.lm, prompt, completion)
+
+    def generate_many(
+        self, requests: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[GenerationResult]:
+        """:meth:`generate_constrained` for several ``(prompt, kwargs)`` requests, decoded as
+        one batch (``model.generation.generate_many``); ``kwargs`` are exactly
+        :meth:`generate_constrained`'s keyword arguments, ``guard`` included. The engine
+        scheduler runs concurrent Generate calls this way.
+
+        Raises:
+            InputError: any one request is invalid (then run them one by one to find it).
+        """
+        batch = []
+        for prompt, kwargs in requests:
+            options = dict(kwargs)
+            guard = options.pop("guard", None)
+            banned = guard.completes if guard is not None and len(guard) else None
+            batch.append(GenerationRequest(prompt, banned=banned, **options))
+        return generate_many(self.lm, batch)
+
+    def score_many(self, pairs: Sequence[tuple[str, str]]) -> list[ScoreResult]:
+        """:meth:`score` for several pairs in one padded forward
+        (``model.generation.score_many``); concurrent Score calls are run this way."""
+        return score_many(self.lm, pairs)
 
     # --- internals -----------------------------------------------------------------------
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
-from auditor_server.scheduling import AttributeJob, EngineScheduler, SchedulerClosedError
+from auditor_server.scheduling import (
+    AttributeJob,
+    EngineScheduler,
+    GenerateJob,
+    SchedulerClosedError,
+    ScoreJob,
+)
 
 
 class Recorder:
@@ -121,3 +128,127 @@ def test_exceptions_reach_the_caller_and_the_thread_goes_on() -> None:
     scheduler.close()
     with pytest.raises(SchedulerClosedError):
         scheduler.submit("a", lambda: "late")
+
+
+# --- Score and Generate jobs ------------------------------------------------------------------
+
+
+class BatchRecorder(Recorder):
+    """:class:`Recorder` with the engine's batched Score and Generate calls."""
+
+    def score_many(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
+        self.gate.wait()
+        self.calls.append([f"score:{p}" for p, _ in pairs])
+        if any(p == "bad" for p, _ in pairs):
+            raise ValueError("bad score")
+        return [f"scored {p}" for p, _ in pairs]
+
+    def generate_many(self, requests: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+        self.gate.wait()
+        self.calls.append([f"gen:{p}" for p, _ in requests])
+        if any(p == "bad" for p, _ in requests):
+            raise ValueError("bad prompt")
+        return [f"generated {p}/{o['seed']}" for p, o in requests]
+
+
+def score_job(engine: Recorder, prompt: str) -> ScoreJob:
+    def alone() -> str:
+        engine.gate.wait()
+        engine.calls.append([f"score-alone:{prompt}"])
+        if prompt == "bad":
+            raise ValueError("bad score")
+        return f"scored {prompt}"
+
+    return ScoreJob(prompt, " x", alone=alone)
+
+
+def gen_job(engine: Recorder, prompt: str, seed: int = 0) -> GenerateJob:
+    def alone() -> str:
+        engine.gate.wait()
+        engine.calls.append([f"gen-alone:{prompt}"])
+        if prompt == "bad":
+            raise ValueError("bad prompt")
+        return f"generated {prompt}/{seed}"
+
+    return GenerateJob(prompt, {"seed": seed, "max_new_tokens": 8}, alone=alone)
+
+
+def _batching(engine: BatchRecorder, max_batch: int) -> EngineScheduler:
+    return EngineScheduler(
+        engine.attribute_many,
+        score_many=engine.score_many,
+        generate_many=engine.generate_many,
+        max_batch=max_batch,
+    )
+
+
+def test_score_and_generate_jobs_share_passes_by_kind_in_round_robin_order() -> None:
+    engine = BatchRecorder()
+    scheduler = _batching(engine, max_batch=3)
+    _hold(engine, scheduler)
+    gens = [scheduler.submit(o, gen_job(engine, f"{o}{i}", seed=i)) for o in "ab" for i in (0, 1)]
+    scores = [scheduler.submit("c", score_job(engine, f"c{i}")) for i in range(2)]
+    attribution = scheduler.submit("d", job("d0"))
+    engine.gate.set()
+    want = [f"generated {o}{i}/{i}" for o in "ab" for i in (0, 1)]
+    assert [f.result(5) for f in gens] == want
+    assert [f.result(5) for f in scores] == ["scored c0", "scored c1"]
+    assert attribution.result(5) == "d0:5:private"
+    passes = engine.calls[1:]
+    # Kinds never mix; within a kind, owners alternate, capped at max_batch.
+    assert passes[0] == ["gen:a0", "gen:b0", "gen:a1"], passes
+    assert ["score:c0", "score:c1"] in passes
+    assert ["d0"] in passes
+    assert ["gen-alone:b1"] in passes  # left alone, it runs by itself: the exact single path
+    assert len(passes) == 4
+    scheduler.close()
+
+
+def test_a_failing_score_or_generate_batch_runs_each_job_alone() -> None:
+    engine = BatchRecorder()
+    scheduler = _batching(engine, max_batch=8)
+    _hold(engine, scheduler)
+    good_gen = scheduler.submit("a", gen_job(engine, "good"))
+    bad_gen = scheduler.submit("b", gen_job(engine, "bad"))
+    good_score = scheduler.submit("a", score_job(engine, "good"))
+    bad_score = scheduler.submit("b", score_job(engine, "bad"))
+    engine.gate.set()
+    assert good_gen.result(5) == "generated good/0"
+    assert good_score.result(5) == "scored good"
+    with pytest.raises(ValueError, match="bad prompt"):
+        bad_gen.result(5)
+    with pytest.raises(ValueError, match="bad score"):
+        bad_score.result(5)
+    assert ["gen-alone:good"] in engine.calls and ["score-alone:good"] in engine.calls
+    scheduler.close()
+
+
+def test_without_the_batched_calls_score_and_generate_jobs_run_one_by_one() -> None:
+    engine = BatchRecorder()
+    scheduler = EngineScheduler(engine.attribute_many, max_batch=8)
+    _hold(engine, scheduler)
+    futures = [scheduler.submit(o, gen_job(engine, o)) for o in "ab"]
+    futures += [scheduler.submit(o, score_job(engine, o)) for o in "ab"]
+    engine.gate.set()
+    assert [f.result(5) for f in futures] == [
+        "generated a/0",
+        "generated b/0",
+        "scored a",
+        "scored b",
+    ]
+    assert all(len(p) == 1 and "alone" in p[0] for p in engine.calls[1:]), engine.calls
+    assert scheduler.passes == 5
+    scheduler.close()
+
+
+def test_cancelled_generate_jobs_are_left_out_of_the_batch() -> None:
+    engine = BatchRecorder()
+    scheduler = _batching(engine, max_batch=8)
+    _hold(engine, scheduler)
+    kept = [scheduler.submit(o, gen_job(engine, o)) for o in "ab"]
+    dropped = scheduler.submit("c", gen_job(engine, "c"))
+    assert dropped.cancel()
+    engine.gate.set()
+    assert [f.result(5) for f in kept] == ["generated a/0", "generated b/0"]
+    assert engine.calls[1:] == [["gen:a", "gen:b"]]
+    scheduler.close()
