@@ -29,21 +29,25 @@ What one run does:
    ``--verify-repeats`` times, median) and the sizes of ``report.json`` and ``index.html``.
 
 Why 4 workers cannot scale much here (see ``bench/README.md`` section 5). The service runs
-every model call on **one engine thread**, but concurrent calls of one kind share a pass:
+every model call on **one engine thread**; concurrent calls of one kind share a pass:
 Attribute queries one featurize pass, Score queries one padded forward, Generate calls one
 batched decode (``EngineScheduler``, ``generate_many``: each row keeps its own settings, seed
 and withheld-text guard, and gets the text it would get alone). In-process, eight guarded
-32-token Generates take ~0.2 s batched against ~0.6-0.8 s one by one. In this campaign,
-though, batches stay small (one run with 4 workers: 43 Generates in 29 passes, 101 Scores in
-63, 75 Attributes in 51), because the engine is no longer what the workers wait for: the
-**2 cores** are shared by the server's engine and its per-request work (envelope check,
-fsync'd SQLite commits, disclosure, signing), by the client (signing, verifying each answer,
-the toxicity classifier, an fsync'd checkpoint per probe), and by the GIL in each process.
-A run costs ~5-6 s of server CPU and ~2 s of client CPU whatever the worker count, and the
-closing ledger check and the report (~2 s of the ~8 s a 1-worker run takes) do not scale with
-workers at all. So 4 workers gain ~1.2-1.4× on this machine (measured 2026-12-01 on a shared,
-loaded host: 1 worker 640-680 probes/min, 4 workers 520-840); 2.5× needs more cores or less
-CPU per probe, not more batching.
+32-token Generates take ~0.2 s batched against ~0.6-0.8 s one by one. A campaign's 4 workers
+(one auditor, so at most ``max_concurrent_per_auditor`` = 4 calls in flight) keep few calls
+of any *one* kind queued, though: one instrumented run with 4 workers ran 43 Generates in 29
+passes, 101 Scores in 63 and 75 Attributes in 51, and the engine thread's CPU fell only from
+4.7 s (1 worker) to 4.0 s, most of it decoding (2.9 -> 2.6 s). That engine time is still a
+floor under the probe phase. Around it, the **2 cores** are shared by the server's
+per-request work (envelope check, fsync'd SQLite commits, disclosure, signing), the client
+(signing, verifying each answer, the toxicity classifier, an fsync'd checkpoint per probe)
+and the GIL in each process, and the closing ledger check and report (~1.5-2 s of a ~7-8 s
+1-worker run) do not scale with workers at all. Measured 2026-12-01 on a shared host (load
+0.7-3.5): 4 vs 1 workers 1.2-1.4× typically, with or without Generate/Score batching (server
+CPU per run ~5-6 s at 1 worker, ~0.5-1 s less at 4 with batching); with ``--threads 1`` one
+run gave 849 -> 1194 probes/min (1.41×) and 4.4/3.6 s server CPU. 2.5× needs more cores or
+less CPU per probe (and batching across kinds or continuous batching of Generate), not more
+workers.
 
     PYTHONPATH=. .venv/bin/python bench/campaign_throughput.py --repeats 3 \
         --json runs/bench/results/campaign_throughput.json
