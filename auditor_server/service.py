@@ -15,8 +15,9 @@ who can reach the port could otherwise grow the lab's permanent log for ever. Th
 counted per peer, rate-limited and logged to the process log instead.
 
 Engine work goes through :class:`~auditor_server.scheduling.EngineScheduler` (round robin
-across auditors, concurrent attribution batched into one pass); each auditor may have only
-``limits.max_concurrent_per_auditor`` model-channel calls in flight, and every call runs
+across auditors; concurrent Attribute, Score and Generate calls batched into shared
+passes); each auditor may have only ``limits.max_concurrent_per_auditor`` model-channel
+calls in flight, and every call runs
 under a deadline (the caller's, capped by ``limits.call_deadline_s``), so no auditor can
 hold the workers or the engine hostage. Cheap RPCs never touch the engine queue.
 
@@ -165,7 +166,11 @@ class Engine(Protocol):
 
     def generate_constrained(self, prompt: str, *, guard: Any, **kwargs: Any) -> Any: ...
 
+    def generate_many(self, requests: Any) -> list[Any]: ...
+
     def score(self, prompt: str, completion: str) -> Any: ...
+
+    def score_many(self, pairs: Any) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -279,10 +284,9 @@ class AuditService:
             lambda pairs, top_k, excluded: engine.attribute_many(
                 pairs, top_k=top_k, exclude_classes=excluded
             ),
-            # Concurrent Score and Generate calls share a pass too; an engine without the
-            # batched calls (a test double) gets them one by one.
-            score_many=getattr(engine, "score_many", None),
-            generate_many=getattr(engine, "generate_many", None),
+            # Concurrent Score and Generate calls share a pass too.
+            score_many=engine.score_many,
+            generate_many=engine.generate_many,
         )
         self._shingles = engine.shingle_sets if self.defences.withheld_guard else None
         if self.defences.withheld_guard and self._shingles is None:

@@ -117,6 +117,7 @@ def policy_yaml(registry: str) -> str:
             max_top_k: 100
             daily_queries: 10000000
             max_new_tokens: 32
+            withheld_budget: 1000000  # repeated campaigns steer generation many times
         auditor_registry: {registry}
         """
     )
