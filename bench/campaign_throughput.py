@@ -237,14 +237,20 @@ def warm_up(lab: Lab, server: Server, tls: bool) -> None:
 
 
 def shipped_policy(registry: str, quota: int) -> str:
-    """``policy/default.yaml`` with another registry and the regulator's daily quota."""
+    """``policy/default.yaml`` with another registry and the regulator's daily quota and
+    withheld budget raised to ``quota`` (each run's privacy probes steer generation ~8 times,
+    and the shipped budget of 20 would suspend the auditor from the third run on)."""
     text = SHIPPED_POLICY.read_text()
     text, n_reg = re.subn(r"(?m)^auditor_registry: .*$", f"auditor_registry: {registry}", text)
     role = text.index("  regulator:")
     head, tail = text[:role], text[role:]
     tail, n_quota = re.subn(r"daily_queries: \d+", f"daily_queries: {quota}", tail, count=1)
-    if n_reg != 1 or n_quota != 1:
-        raise SystemExit(f"{SHIPPED_POLICY}: cannot find auditor_registry / regulator quota")
+    budget = min(quota, 1_000_000)  # the schema's maximum
+    tail, n_budget = re.subn(r"withheld_budget: \d+", f"withheld_budget: {budget}", tail, count=1)
+    if n_reg != 1 or n_quota != 1 or n_budget != 1:
+        raise SystemExit(
+            f"{SHIPPED_POLICY}: cannot find auditor_registry / regulator quota / withheld budget"
+        )
     return head + tail
 
 
