@@ -252,60 +252,60 @@ class EngineScheduler:
 
     def _run(self, batch: list[_Entry]) -> None:
         first = batch[0].work
-        if isinstance(first, ScoreJob | GenerateJob) and len(batch) > 1:
-            self._run_many(batch)
-            return
-        if not isinstance(first, AttributeJob):
-            assert len(batch) == 1
-            _settle(batch[0].future, first)
-            return
-        jobs = [e.work for e in batch if isinstance(e.work, AttributeJob)]
-        try:
-            answers = self._attribute_many(
-                [(j.prompt, j.completion) for j in jobs], first.top_k, first.exclude_classes
+        if isinstance(first, AttributeJob):
+            jobs = [e.work for e in batch if isinstance(e.work, AttributeJob)]
+            self._run_batched(
+                batch,
+                lambda: self._attribute_many(
+                    [(j.prompt, j.completion) for j in jobs], first.top_k, first.exclude_classes
+                ),
             )
+        elif len(batch) == 1:
+            _settle(batch[0].future, first)  # plain work, or a Score/Generate with no company
+        elif isinstance(first, ScoreJob):
+            assert self._score_many is not None
+            score_many = self._score_many
+            scores = [e.work for e in batch if isinstance(e.work, ScoreJob)]
+            self._run_batched(batch, lambda: score_many([(j.prompt, j.completion) for j in scores]))
+        else:
+            assert isinstance(first, GenerateJob) and self._generate_many is not None
+            generate_many = self._generate_many
+            gens = [e.work for e in batch if isinstance(e.work, GenerateJob)]
+            self._run_batched(batch, lambda: generate_many([(j.prompt, j.options) for j in gens]))
+
+    def _run_batched(self, batch: list[_Entry], call: Callable[[], list[Any]]) -> None:
+        """One engine call for the whole batch; if it fails, each job alone.
+
+        One bad request (an input the engine refuses) must not fail its batch-mates: each
+        then runs on its own and gets its own answer or error. A lone job's failure is its
+        answer (running it again would fail the same way).
+        """
+        try:
+            answers = call()
+            if len(answers) != len(batch):
+                raise RuntimeError(f"{len(answers)} answers for a batch of {len(batch)}")
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
                 return
-            # One bad query must not fail its batch-mates: run each on its own.
-            for entry in batch:
-                job = entry.work
-                assert isinstance(job, AttributeJob)
-                _settle(entry.future, lambda job=job: self._single(job))  # type: ignore[misc]
-            return
-        for entry, answer in zip(batch, answers, strict=True):
-            entry.future.set_result(answer)
-
-    def _run_many(self, batch: list[_Entry]) -> None:
-        """A batch of Score or Generate jobs in one engine call; each alone if it fails."""
-        try:
-            if isinstance(batch[0].work, ScoreJob):
-                assert self._score_many is not None
-                scores = [e.work for e in batch if isinstance(e.work, ScoreJob)]
-                answers = self._score_many([(j.prompt, j.completion) for j in scores])
-            else:
-                assert self._generate_many is not None
-                gens = [e.work for e in batch if isinstance(e.work, GenerateJob)]
-                answers = self._generate_many([(j.prompt, j.options) for j in gens])
-            if len(answers) != len(batch):
-                raise RuntimeError(f"{len(answers)} answers for a batch of {len(batch)}")
-        except Exception:
-            # One bad request (an input the engine refuses) must not fail its batch-mates:
-            # each runs on its own and gets its own answer or error.
             logger.debug("batched engine call failed; running its jobs one by one", exc_info=True)
             for entry in batch:
-                work = entry.work
-                assert callable(work)
-                _settle(entry.future, work)
+                _settle(entry.future, lambda work=entry.work: self.run_alone(work))  # type: ignore[misc]
             return
         for entry, answer in zip(batch, answers, strict=True):
             entry.future.set_result(answer)
 
-    def _single(self, job: AttributeJob) -> Any:
-        pairs = [(job.prompt, job.completion)]
-        (answer,) = self._attribute_many(pairs, job.top_k, job.exclude_classes)
-        return answer
+    def run_alone(self, work: Work) -> Any:
+        """Run one job with no company, on the calling thread.
+
+        The fallback of a failed batch, and the service's path when it runs without the
+        scheduler (fair scheduling switched off in tests).
+        """
+        if isinstance(work, AttributeJob):
+            pairs = [(work.prompt, work.completion)]
+            (answer,) = self._attribute_many(pairs, work.top_k, work.exclude_classes)
+            return answer
+        return work()
 
 
 def _settle(future: Future[Any], work: Callable[[], Any]) -> None:

@@ -456,10 +456,10 @@ class AuditService:
             # A peer over its limit learns nothing more, not even which check failed. Its
             # requests are still verified: an auditor behind the same address (NAT, proxy)
             # as an attacker must keep being served.
-            if self.unauthenticated.blocked(peer):
-                self.unauthenticated.record(peer, type(exc).__name__)
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_UNAUTHENTICATED)
+            over_limit = self.unauthenticated.blocked(peer)
             self.unauthenticated.record(peer, type(exc).__name__)
+            if over_limit:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_MANY_UNAUTHENTICATED)
             context.abort(grpc.StatusCode[exc.code], exc.message)
             raise AssertionError("grpc's abort() returned") from None  # pragma: no cover
 
@@ -771,23 +771,13 @@ class AuditService:
                     raise RefusalError("DEADLINE_EXCEEDED", DEADLINE_PASSED) from None
             else:
                 with self._engine_lock:
-                    result = self._unscheduled(work)
+                    result = self.scheduler.run_alone(work)
         except InputError as exc:
             logger.info("model input refused: %s", exc)
             raise RefusalError("INVALID_ARGUMENT", MODEL_INPUT) from None
         if call.remaining_s() <= 0:
             raise RefusalError("DEADLINE_EXCEEDED", DEADLINE_PASSED)
         return result
-
-    def _unscheduled(self, work: Callable[[], Any] | AttributeJob) -> Any:
-        if isinstance(work, AttributeJob):
-            (answer,) = self.engine.attribute_many(
-                [(work.prompt, work.completion)],
-                top_k=work.top_k,
-                exclude_classes=work.exclude_classes,
-            )
-            return answer
-        return work()
 
     # --- answers ------------------------------------------------------------------------------
 
