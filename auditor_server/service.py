@@ -674,7 +674,7 @@ class AuditService:
     def _do_GetTreeHead(  # noqa: N802
         self, v: VerifiedRequest, _: Message, policy: Policy, __: _Call
     ) -> tuple[str, Message]:
-        return "tree_head", pb.TreeHeadResponse(tree_head=_sth(self.ledger.tree_head()))
+        return "tree_head", pb.TreeHeadResponse(tree_head=self.ledger.tree_head().to_proto())
 
     def _do_GetInclusionProof(  # noqa: N802
         self, v: VerifiedRequest, req: Message, policy: Policy, __: _Call
@@ -690,7 +690,7 @@ class AuditService:
                 "OUT_OF_RANGE", "no such leaf or tree size in the ledger"
             ) from None
         return "inclusion_proof", pb.InclusionProofResponse(
-            leaf_index=req.leaf_index, leaf_hash=leaf, path=path, tree_head=_sth(head)
+            leaf_index=req.leaf_index, leaf_hash=leaf, path=path, tree_head=head.to_proto()
         )
 
     def _do_GetConsistencyProof(  # noqa: N802
@@ -706,7 +706,7 @@ class AuditService:
                 "OUT_OF_RANGE", "the tree sizes asked for are not both in the ledger"
             ) from None
         return "consistency_proof", pb.ConsistencyProofResponse(
-            first_size=req.first_size, second_size=second, path=path, tree_head=_sth(head)
+            first_size=req.first_size, second_size=second, path=path, tree_head=head.to_proto()
         )
 
     # --- attribution --------------------------------------------------------------------------
@@ -811,7 +811,7 @@ class AuditService:
             pb.Receipt(
                 leaf_index=entry.index,
                 inclusion_path=entry.inclusion_path,
-                tree_head=_sth(entry.tree_head),
+                tree_head=entry.tree_head.to_proto(),
             )
         )
         return signed
@@ -852,16 +852,6 @@ class AuditService:
         context.set_trailing_metadata(((LEDGER_TRAILER, str(entry.index)),))
         context.abort(status, message)
         raise AssertionError("grpc's abort() returned")  # pragma: no cover
-
-
-def _sth(head: Any) -> pb.SignedTreeHead:
-    return pb.SignedTreeHead(
-        tree_size=head.tree_size,
-        root_hash=head.root_hash,
-        timestamp_ms=head.timestamp_ms,
-        lab_key_id=head.key_id,
-        signature=head.signature,
-    )
 
 
 def _result_message(shown: DisclosedResult) -> pb.AttributionResult:

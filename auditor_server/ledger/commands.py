@@ -144,8 +144,7 @@ def _auditor_heads(path: Path, lab_key: Ed25519PublicKey) -> AuditorHeads:
     return AuditorHeads(
         source=str(path),
         heads=tuple(
-            TreeHead(h.tree_size, h.root_hash, h.timestamp_ms, h.lab_key_id, h.signature)
-            for h in export.heads
+            TreeHead.from_proto(h) for h in export.heads
         ),
     )
 

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auditor_client.headstore import head_from_json, head_to_json
+from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_server.fsutil import fsync_dir
 from auditor_server.ledger.errors import LedgerError, LedgerIntegrityError, LedgerInUseError
 
@@ -83,6 +85,23 @@ class TreeHead:
     signature: bytes
     """Ed25519 signature over ``tree_head_digest(tree_size, root_hash, timestamp_ms)``."""
 
+    def to_proto(self) -> pb.SignedTreeHead:
+        """The head as the wire carries it (receipts, proofs, exported head files)."""
+        return pb.SignedTreeHead(
+            tree_size=self.tree_size,
+            root_hash=self.root_hash,
+            timestamp_ms=self.timestamp_ms,
+            lab_key_id=self.key_id,
+            signature=self.signature,
+        )
+
+    @classmethod
+    def from_proto(cls, head: pb.SignedTreeHead) -> TreeHead:
+        """A head as the wire carries it (its signature is not checked here)."""
+        return cls(
+            head.tree_size, head.root_hash, head.timestamp_ms, head.lab_key_id, head.signature
+        )
+
     def describe(self) -> str:
         """One line naming the head, for error messages."""
         return (
@@ -97,14 +116,10 @@ def journal_path_for(db_path: Path) -> Path:
 
 
 def encode_head(head: TreeHead) -> bytes:
-    """One journal line, newline included."""
-    record = {
-        "lab_key_id": head.key_id,
-        "root_hash": head.root_hash.hex(),
-        "signature": head.signature.hex(),
-        "timestamp_ms": head.timestamp_ms,
-        "tree_size": head.tree_size,
-    }
+    """One journal line, newline included: the auditors' head-file form of the head (the
+    client's :func:`~auditor_client.headstore.head_to_json`), so journal lines and exported
+    heads are compared and parsed by the same code."""
+    record = head_to_json(head.to_proto())
     return (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
@@ -114,33 +129,7 @@ def decode_head(record: Any) -> TreeHead:
     Raises:
         ValueError: a field is missing or has the wrong type or length.
     """
-    if not isinstance(record, dict):
-        raise ValueError("a head must be a JSON object")
-    size = record.get("tree_size")
-    timestamp = record.get("timestamp_ms")
-    key_id = record.get("lab_key_id")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ValueError(f"tree_size must be an integer >= 0, got {size!r}")
-    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
-        raise ValueError(f"timestamp_ms must be an integer, got {timestamp!r}")
-    if not isinstance(key_id, str):
-        raise ValueError("lab_key_id must be a string")
-    root = _hex_field(record, "root_hash", 32)
-    signature = _hex_field(record, "signature", 64)
-    return TreeHead(size, root, timestamp, key_id, signature)
-
-
-def _hex_field(record: dict[str, Any], name: str, length: int) -> bytes:
-    value = record.get(name)
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a hex string")
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"{name} is not hex") from None
-    if len(raw) != length:
-        raise ValueError(f"{name} must be {length} bytes, got {len(raw)}")
-    return raw
+    return TreeHead.from_proto(head_from_json(record))  # HeadFileError is a ValueError
 
 
 def _parse_line(line: bytes, path: Path, where: str) -> TreeHead:
