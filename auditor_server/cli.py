@@ -390,6 +390,26 @@ def guard(index_dir: Path, shingle_chars: int | None, boilerplate_records: int |
 
 @main.command()
 @click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+def verbatim(index_dir: Path) -> None:
+    """(Re)build the verbatim-evidence index (suffix arrays) of an index from its catalog."""
+    from auditor_server.attribution import layout
+    from auditor_server.attribution.build import build_verbatim
+    from auditor_server.corpus.catalog import Catalog
+
+    catalog_path = index_dir / layout.CATALOG
+    if not catalog_path.is_file():
+        raise ConfigError(f"{index_dir} has no {layout.CATALOG}; run `auditor-server build`")
+    with Catalog.open(catalog_path) as catalog, build_verbatim(index_dir, catalog) as index:
+        counts = ", ".join(f"{c} {index.suffixes(c):,}" for c in index.classes) or "none"
+    size = sum(f.stat().st_size for f in (index_dir / layout.VERBATIM).iterdir())
+    click.echo(
+        f"verbatim: suffixes per class ({counts}; private is never indexed; "
+        f"{size / 2**20:.1f} MiB) -> {index_dir / layout.VERBATIM}"
+    )
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
 @click.option("--prompt", required=True)
 @click.option("--completion", required=True)
 @click.option("--top-k", type=click.IntRange(1, 1000), default=10, show_default=True)

@@ -14,4 +14,8 @@ EVALUATION = "evaluation.json"
 #: their hash key and ``guard.json``. Lab side only, like the catalog; the names of the files
 #: inside are the guard module's (``MANIFEST_FILE``, ``KEY_FILE``, ``<data_class>.npy``).
 GUARD = "guard"
+#: Verbatim evidence (``auditor_server.attribution.verbatim``): per disclosable data class a
+#: token stream, its suffix array and record table, and ``verbatim.json``. Lab side only; no
+#: private text is ever in it.
+VERBATIM = "verbatim"
 FORMAT_VERSION = 1
