@@ -24,6 +24,11 @@ hold the workers or the engine hostage. Cheap RPCs never touch the engine queue.
 The model channel obeys the policy too (:mod:`auditor_server.policy.guard`): Generate is
 decoded so that it cannot reproduce withheld training text, and a log-probability of text
 that touches withheld training text is never returned.
+
+Attribute answers carry verbatim evidence beside the gradient results
+(:mod:`auditor_server.attribution.verbatim`): the spans of the auditor's own text found word
+for word in records of the classes the role may see, each record disclosed at the role's
+level for its class. Withheld classes are not searched at all.
 """
 
 from __future__ import annotations
@@ -48,10 +53,23 @@ from auditor_client.wire import digests
 from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.envelope import sign_response
 from auditor_client.wire.receipts import answer_status
+from auditor_server.attribution import layout
+from auditor_server.attribution.verbatim import (
+    VerbatimIndex,
+    VerbatimMatch,
+    open_for_serving,
+    token_char_range,
+)
 from auditor_server.corpus.records import DATA_CLASSES
 from auditor_server.errors import ConfigError, InputError, SandboxError
 from auditor_server.ledger.log import Ledger
-from auditor_server.policy.disclose import DisclosedResult, disclose
+from auditor_server.policy.disclose import (
+    DisclosedResult,
+    DisclosedSpanSource,
+    disclose,
+    disclose_span_source,
+)
+from auditor_server.policy.errors import DisclosureError
 from auditor_server.policy.model import Policy
 from auditor_server.policy.quota import QuotaStore
 from auditor_server.policy.scrub import find_pii, scrub, scrub_range
@@ -113,6 +131,10 @@ class Defences:
             per peer instead of being appended to the ledger.
         fair_scheduling: per-auditor concurrency caps, round-robin engine queue, batching
             and server-side deadlines (off: one engine lock, first come first served).
+        verbatim_visible_only: verbatim spans are searched only in the suffix arrays of the
+            classes the role may see (off: every class the verbatim index holds is searched
+            and a withheld record is only left out of the listing, so its text still makes
+            spans and counts: the naive design this defence replaces).
     """
 
     withheld_guard: bool = True
@@ -120,6 +142,8 @@ class Defences:
     scrub_joined: bool = True
     unauthenticated_off_ledger: bool = True
     fair_scheduling: bool = True
+    verbatim_visible_only: bool = True
+
 
 REQUEST_TYPES: dict[str, type[Message]] = {
     "WhoAmI": pb.WhoAmIRequest,
@@ -261,8 +285,12 @@ class AuditService:
         quota: QuotaStore,
         clock: Callable[[], int] = _now_ms,
         defences: Defences | None = None,
+        verbatim: VerbatimIndex | None = None,
     ) -> None:
         self.engine = engine
+        self.verbatim = verbatim
+        """Verbatim evidence for Attribute answers; None: the index has none (answers say
+        ``verbatim_searched: false``)."""
         self._policy = policy
         self.policy_path = policy_path
         self.lab_key = lab_key
@@ -305,14 +333,18 @@ class AuditService:
         lab_key: LabKey,
         state_dir: Path,
         defences: Defences | None = None,
+        verbatim_dir: Path | None = None,
     ) -> AuditService:
         """A service over ``engine`` keeping its durable state in ``state_dir``.
 
         Opens (creating if needed) the ledger, replay cache and quota store there; keep the
-        directory across restarts, or the replay window and the quotas start afresh.
+        directory across restarts, or the replay window and the quotas start afresh. The
+        verbatim index is opened from ``verbatim_dir`` (default: the engine's
+        ``INDEX_DIR/verbatim``); an index built before verbatim evidence serves without it.
         """
         state_dir.mkdir(parents=True, exist_ok=True)
         paths = StatePaths(state_dir)
+        verbatim = _open_verbatim(engine, verbatim_dir)
         return cls(
             engine=engine,
             policy=policy,
@@ -324,12 +356,13 @@ class AuditService:
             ),
             quota=QuotaStore.open(paths.quota),
             defences=defences,
+            verbatim=verbatim,
         )
 
     def close(self) -> None:
         """Release the durable stores and the engine (the server has stopped serving)."""
         self.scheduler.close()
-        for resource in (self.ledger, self.replay, self.quota, self.engine):
+        for resource in (self.ledger, self.replay, self.quota, self.engine, self.verbatim):
             close = getattr(resource, "close", None)
             if close is not None:
                 close()
@@ -686,9 +719,7 @@ class AuditService:
             head = self.ledger.tree_head(size)
             leaf = self.ledger.leaf_hash(req.leaf_index)
         except InputError:
-            raise RefusalError(
-                "OUT_OF_RANGE", "no such leaf or tree size in the ledger"
-            ) from None
+            raise RefusalError("OUT_OF_RANGE", "no such leaf or tree size in the ledger") from None
         return "inclusion_proof", pb.InclusionProofResponse(
             leaf_index=req.leaf_index, leaf_hash=leaf, path=path, tree_head=head.to_proto()
         )
@@ -755,7 +786,70 @@ class AuditService:
                 response.logprob_withheld = True
             else:
                 response.logprob = answer.completion_logprob
+        if self.verbatim is not None:
+            response.verbatim_searched = True
+            response.verbatim.extend(self._verbatim_spans(req, policy, role_name))
         return response
+
+    def _verbatim_spans(
+        self, req: pb.AttributeRequest, policy: Policy, role_name: str
+    ) -> list[pb.VerbatimSpan]:
+        """The verbatim evidence of one Attribute answer, disclosed for ``role_name``.
+
+        Only the suffix arrays of classes the role may see are searched (a class the
+        policy does not describe is ``none``, so it fails closed): withheld text makes no
+        span, no count and no difference in time.
+        """
+        assert self.verbatim is not None
+        indexed = self.verbatim.classes
+        if self.defences.verbatim_visible_only:
+            searched = [c for c in indexed if policy.disclosure_for(role_name, c) != "none"]
+        else:
+            searched = list(indexed)
+        matches = self.verbatim.search(req.prompt, req.completion, searched)
+        return [self._verbatim_span(match, policy, role_name) for match in matches]
+
+    def _verbatim_span(
+        self, match: VerbatimMatch, policy: Policy, role_name: str
+    ) -> pb.VerbatimSpan:
+        sources: list[pb.VerbatimSource] = []
+        records = 0
+        for hits in match.hits:
+            records += hits.records
+            level = policy.disclosure_for(role_name, hits.data_class)
+            if level == "none":  # searched only with verbatim_visible_only off
+                continue
+            shown: set[bytes] = set()
+            for occurrence in hits.listed:
+                record = self.engine.catalog.record_at(occurrence.ordinal)
+                if record.source.data_class != hits.data_class:
+                    raise DisclosureError("verbatim index and catalog disagree on a data class")
+                start, end = token_char_range(
+                    record.text, occurrence.token_start, occurrence.token_count
+                )
+                source = _span_source_message(
+                    disclose_span_source(
+                        record,
+                        level,
+                        char_start=start,
+                        char_end=end,
+                        snippet_chars=policy.limits.snippet_chars,
+                    )
+                )
+                # Reprints of one work disclosed as metadata only read the same: list once.
+                key = source.SerializeToString(deterministic=True)
+                if key not in shown:
+                    shown.add(key)
+                    sources.append(source)
+        return pb.VerbatimSpan(
+            start=match.start,
+            end=match.end,
+            length_chars=match.length_chars,
+            words=match.words,
+            region=match.region,
+            sources=sources,
+            records=records,
+        )
 
     def _run(self, call: _Call, work: Callable[[], Any] | AttributeJob) -> Any:
         """Run engine work in the auditor's turn, within the call's deadline."""
@@ -868,6 +962,29 @@ def _result_message(shown: DisclosedResult) -> pb.AttributionResult:
         span_text=shown.span_text or "",
         module_share=dict(shown.module_share),
     )
+
+
+def _span_source_message(shown: DisclosedSpanSource) -> pb.VerbatimSource:
+    return pb.VerbatimSource(
+        data_class=shown.data_class,
+        disclosure=shown.disclosure,
+        source=pb.Source(
+            title=shown.title, publisher=shown.publisher, url=shown.url, license=shown.license
+        ),
+        record_id=shown.record_id or "",
+        span_text=shown.span_text or "",
+    )
+
+
+def _open_verbatim(engine: Engine, directory: Path | None) -> VerbatimIndex | None:
+    """The verbatim index for ``engine``: from ``directory``, else ``INDEX_DIR/verbatim``
+    of the engine's index (an engine without one, such as a test double, has none)."""
+    if directory is None:
+        index_dir = getattr(engine, "index_dir", None)
+        if index_dir is None:
+            return None
+        directory = Path(index_dir) / layout.VERBATIM
+    return open_for_serving(directory, corpus_id=str(engine.catalog.manifest_hash))
 
 
 def generic_handler(service: AuditService) -> grpc.GenericRpcHandler:

@@ -21,7 +21,15 @@ from auditor_server.policy.errors import DisclosureError
 from auditor_server.policy.model import DisclosureLevel
 from auditor_server.policy.scrub import scrub, scrub_range
 
-__all__ = ["SCORE_DECIMALS", "AttributionLike", "DisclosedResult", "SpanLike", "disclose"]
+__all__ = [
+    "SCORE_DECIMALS",
+    "AttributionLike",
+    "DisclosedResult",
+    "DisclosedSpanSource",
+    "SpanLike",
+    "disclose",
+    "disclose_span_source",
+]
 
 SCORE_DECIMALS = 6
 """Scores and module shares are rounded so answers carry no more precision than meaning
@@ -162,6 +170,84 @@ def disclose(
             }
         ),
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DisclosedSpanSource:
+    """What may leave the lab about one record holding a verbatim span; mirrors
+    ``auditor.v1.VerbatimSource``. Fields a level does not reveal are ``None``."""
+
+    data_class: str
+    disclosure: DisclosureLevel
+    title: str
+    publisher: str
+    url: str
+    license: str
+    record_id: str | None
+    """Only for ``full_text`` and ``snippet``."""
+    span_text: str | None
+    """The record's own text of the span, scrubbed: whole for ``full_text``, its first
+    ``snippet_chars`` (cut at a word) for ``snippet``; ``None`` for ``source_metadata``."""
+
+
+def disclose_span_source(
+    record: Record,
+    level: DisclosureLevel,
+    *,
+    char_start: int,
+    char_end: int,
+    snippet_chars: int,
+) -> DisclosedSpanSource:
+    """Turn one record holding a verbatim span into what ``level`` allows to be shown.
+
+    The same levels as :func:`disclose`: ``full_text`` and ``snippet`` reveal the record id
+    and the record's text of the span (a snippet no more than ``snippet_chars`` of it),
+    scrubbed like any record text; ``source_metadata`` only the source (the auditor learns
+    which work holds its text and, from the span, how much of it, never the record).
+
+    Raises:
+        DisclosureError: ``level`` is ``none`` (a withheld class must never be searched) or
+            the span lies outside the record; both are bugs upstream, so the answer fails
+            closed.
+    """
+    if level == "none":
+        raise DisclosureError(
+            f"a record of class {record.source.data_class!r} is not disclosable; withheld "
+            "classes must not be searched for verbatim spans"
+        )
+    if not 0 <= char_start < char_end <= len(record.text):
+        raise DisclosureError("verbatim span lies outside its record")
+    record_id: str | None = None
+    span_text: str | None = None
+    if level == "full_text":
+        record_id = record.id
+        span_text = scrub_range(record.text, char_start, char_end)
+    elif level == "snippet":
+        record_id = record.id
+        end = _cut_at_word(record.text, char_start, min(char_end, char_start + snippet_chars))
+        span_text = scrub_range(record.text, char_start, end)[:snippet_chars]
+    source = record.source
+    return DisclosedSpanSource(
+        data_class=source.data_class,
+        disclosure=level,
+        title=source.title,
+        publisher=source.publisher,
+        url=source.url,
+        license=source.license,
+        record_id=record_id,
+        span_text=span_text,
+    )
+
+
+def _cut_at_word(text: str, start: int, end: int) -> int:
+    """``end`` moved back so that ``text[start:end]`` does not stop inside a word (kept when
+    the window is one unbroken word)."""
+    cut = end
+    while cut > start and cut < len(text) and not (text[cut].isspace() or text[cut - 1].isspace()):
+        cut -= 1
+    while cut > start and text[cut - 1].isspace():
+        cut -= 1
+    return cut if cut > start else end
 
 
 def _window(length: int, start: int, end: int, size: int) -> tuple[int, int]:

@@ -245,15 +245,51 @@ class AttributionResult(_message.Message):
     module_share: _containers.ScalarMap[str, float]
     def __init__(self, rank: _Optional[int] = ..., score: _Optional[float] = ..., data_class: _Optional[str] = ..., disclosure: _Optional[str] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., record_id: _Optional[str] = ..., text: _Optional[str] = ..., span_text: _Optional[str] = ..., module_share: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class VerbatimSource(_message.Message):
+    __slots__ = ("data_class", "disclosure", "source", "record_id", "span_text")
+    DATA_CLASS_FIELD_NUMBER: _ClassVar[int]
+    DISCLOSURE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    SPAN_TEXT_FIELD_NUMBER: _ClassVar[int]
+    data_class: str
+    disclosure: str
+    source: Source
+    record_id: str
+    span_text: str
+    def __init__(self, data_class: _Optional[str] = ..., disclosure: _Optional[str] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., record_id: _Optional[str] = ..., span_text: _Optional[str] = ...) -> None: ...
+
+class VerbatimSpan(_message.Message):
+    __slots__ = ("start", "end", "length_chars", "words", "region", "sources", "records")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_CHARS_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    length_chars: int
+    words: int
+    region: str
+    sources: _containers.RepeatedCompositeFieldContainer[VerbatimSource]
+    records: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., length_chars: _Optional[int] = ..., words: _Optional[int] = ..., region: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[VerbatimSource, _Mapping]]] = ..., records: _Optional[int] = ...) -> None: ...
+
 class AttributeResponse(_message.Message):
-    __slots__ = ("logprob", "results", "logprob_withheld")
+    __slots__ = ("logprob", "results", "logprob_withheld", "verbatim", "verbatim_searched")
     LOGPROB_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_WITHHELD_FIELD_NUMBER: _ClassVar[int]
+    VERBATIM_FIELD_NUMBER: _ClassVar[int]
+    VERBATIM_SEARCHED_FIELD_NUMBER: _ClassVar[int]
     logprob: float
     results: _containers.RepeatedCompositeFieldContainer[AttributionResult]
     logprob_withheld: bool
-    def __init__(self, logprob: _Optional[float] = ..., results: _Optional[_Iterable[_Union[AttributionResult, _Mapping]]] = ..., logprob_withheld: _Optional[bool] = ...) -> None: ...
+    verbatim: _containers.RepeatedCompositeFieldContainer[VerbatimSpan]
+    verbatim_searched: bool
+    def __init__(self, logprob: _Optional[float] = ..., results: _Optional[_Iterable[_Union[AttributionResult, _Mapping]]] = ..., logprob_withheld: _Optional[bool] = ..., verbatim: _Optional[_Iterable[_Union[VerbatimSpan, _Mapping]]] = ..., verbatim_searched: _Optional[bool] = ...) -> None: ...
 
 class AttributeBatchRequest(_message.Message):
     __slots__ = ("items",)
