@@ -28,6 +28,8 @@ from transformers.utils import logging as hf_logging
 from auditor_server.errors import ConfigError
 
 __all__ = [
+    "OPTIMIZER_STATE_FILE",
+    "OPTIMIZER_STATE_META_FILE",
     "TOKENIZER_FILES",
     "LoadedModel",
     "hash_model_files",
@@ -48,6 +50,12 @@ TOKENIZER_FILES: tuple[str, ...] = (
     "tokenizer.model",
     "chat_template.jinja",
 )
+
+#: The trainer's AdamW state (``auditor_server.model.optimizer_state``): safetensors like the
+#: weights, but never read by ``from_pretrained``, so not a weight file and not in
+#: ``model_hash``; its metadata file records the ``model_hash`` it belongs to instead.
+OPTIMIZER_STATE_FILE = "optimizer_state.safetensors"
+OPTIMIZER_STATE_META_FILE = "optimizer_state.json"
 
 #: Files of which at least one must exist for the directory to hold a usable tokenizer.
 _TOKENIZER_VOCAB_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
@@ -99,12 +107,16 @@ def model_weight_files(model_dir: Path) -> list[Path]:
 
     Safetensors files are preferred; PyTorch ``.bin`` checkpoints are used only when no
     safetensors exist, mirroring which files ``from_pretrained`` would actually read. Shard
-    index files are included because they decide which tensor comes from which shard.
+    index files are included because they decide which tensor comes from which shard. The
+    trainer's optimizer state (:data:`OPTIMIZER_STATE_FILE`) is safetensors too but holds no
+    weights, so it is left out.
 
     Raises:
         ConfigError: The directory holds no weight files.
     """
-    safetensors = sorted(p for p in model_dir.glob("*.safetensors") if p.is_file())
+    safetensors = sorted(
+        p for p in model_dir.glob("*.safetensors") if p.is_file() and p.name != OPTIMIZER_STATE_FILE
+    )
     if safetensors:
         index = model_dir / "model.safetensors.index.json"
         files = safetensors + ([index] if index.is_file() else [])
@@ -161,7 +173,10 @@ def hash_model_files(model_dir: Path) -> tuple[str, str]:
     ``model_hash`` covers ``config.json`` followed by :func:`model_weight_files`;
     ``tokenizer_hash`` covers the :data:`TOKENIZER_FILES` present. Each file contributes its
     name, byte length and bytes, so renaming, truncating or editing any byte changes the
-    hash, while the directory's location, timestamps and unrelated files do not.
+    hash, while the directory's location, timestamps and unrelated files do not. Not every
+    file is hashed: ``training_summary.json`` and the trainer's optimizer state
+    (:data:`OPTIMIZER_STATE_FILE`, checked against this ``model_hash`` when loaded) describe
+    how the weights were made but change no answer, so the hash names exactly what answers.
 
     Args:
         model_dir: A local Hugging Face model directory.

@@ -4,13 +4,21 @@ The demo lab needs a model that demonstrably learned from *its* corpus (so attri
 something true to find) and that anyone can rebuild offline in minutes. This trainer:
 
 1. reads the corpus JSONL (:func:`auditor_server.corpus.records.read_corpus`),
-2. trains a byte-level BPE tokenizer on all texts,
+2. trains a byte-level BPE tokenizer on all texts (or copies a given model's tokenizer, so a
+   model retrained on part of the corpus tokenizes exactly like the original),
 3. trains ``GPT2LMHeadModel`` from a :class:`~auditor_server.model.presets.ModelPreset`
    with AdamW, linear warmup + cosine decay, seeded, each document followed by
    ``<|endoftext|>`` and *packed* into fixed-length blocks (re-shuffled every epoch so block
    boundaries move and every fact is seen whole in most epochs),
-4. writes a standard Hugging Face directory (safetensors, tokenizer, ``training_summary.json``)
-   into a temporary sibling of ``out_dir`` and renames it into place only when complete.
+4. writes a standard Hugging Face directory (safetensors, tokenizer, ``training_summary.json``
+   and the final AdamW state, :mod:`auditor_server.model.optimizer_state`) into a temporary
+   sibling of ``out_dir`` and renames it into place only when complete.
+
+Training is deterministic on CPU: the same corpus, preset, epochs, seed and tokenizer with the
+same torch build and the same number of torch threads give byte-identical weights, tokenizer
+and optimizer state (the tests check it on the ``tiny`` preset). The thread count matters:
+matrix products split their sums differently across threads, so 1 and 2 threads give weights
+that differ in the last bits; ``training_summary.json`` records ``torch_threads``.
 
 It also offers :func:`evaluate_recall`, which measures what the model memorized on the demo
 question file, the precondition for every attribution demo.
@@ -39,7 +47,8 @@ from auditor_server.corpus.records import read_corpus
 from auditor_server.errors import ConfigError, InputError
 from auditor_server.fsutil import sha256_file
 from auditor_server.model.generation import encode_prompt
-from auditor_server.model.loading import LoadedModel
+from auditor_server.model.loading import TOKENIZER_FILES, LoadedModel
+from auditor_server.model.optimizer_state import save_optimizer_state
 from auditor_server.model.presets import ModelPreset, get_preset
 from auditor_server.model.tokenizer import train_tokenizer
 
@@ -83,6 +92,10 @@ class TrainSummary:
     """Mean loss over the first steps; compare with :attr:`final_loss` to see learning."""
     epoch_losses: tuple[float, ...] = ()
     """Mean training loss of each epoch, in order."""
+    tokenizer_source: str | None = None
+    """The model directory whose tokenizer was copied, or ``None`` when one was trained."""
+    optimizer_state_sha256: str | None = None
+    """sha256 of ``optimizer_state.safetensors`` (the final AdamW moments)."""
 
 
 def _bf16_supported(device: torch.device) -> bool:
@@ -187,6 +200,7 @@ def train_model(
     progress: bool = True,
     overwrite: bool = False,
     device: str = "cpu",
+    tokenizer_dir: Path | None = None,
 ) -> TrainSummary:
     """Train a tokenizer and a GPT-2 from scratch on a corpus and save them to ``out_dir``.
 
@@ -199,12 +213,16 @@ def train_model(
         progress: Show a tqdm progress bar (stderr).
         overwrite: Replace an existing ``out_dir`` (only after the new model is complete).
         device: Torch device to train on; the demo is sized for ``"cpu"``.
+        tokenizer_dir: Use the tokenizer of this model directory (its files are copied
+            byte for byte) instead of training one on the corpus: leave-k-out retraining
+            must tokenize the remaining records exactly as the full model did.
 
     Returns:
         A :class:`TrainSummary` (also written as ``training_summary.json``).
 
     Raises:
-        ConfigError: Unknown preset, ``out_dir`` exists without ``overwrite``, bad epochs.
+        ConfigError: Unknown preset, ``out_dir`` exists without ``overwrite``, bad epochs,
+            ``tokenizer_dir`` without a tokenizer.
         InputError: The corpus is missing or unreadable.
         CorpusError: A corpus record is invalid.
     """
@@ -216,6 +234,10 @@ def train_model(
     if n_epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {n_epochs}")
     _check_out_dir(out_dir, overwrite)
+    if tokenizer_dir is not None:
+        tokenizer_dir = Path(tokenizer_dir).expanduser().absolute()
+        if not (tokenizer_dir / "tokenizer.json").is_file():
+            raise ConfigError(f"{tokenizer_dir} has no tokenizer.json to train with")
     try:
         torch_device = torch.device(device)
     except (RuntimeError, ValueError) as exc:
@@ -236,6 +258,7 @@ def train_model(
             device=torch_device,
             out_dir=out_dir,
             started=started,
+            tokenizer_dir=tokenizer_dir,
         )
         extra = {
             "corpus_path": str(corpus_path),
@@ -243,6 +266,7 @@ def train_model(
             "corpus_records": len(records),
             "seed": seed,
             "device": str(torch_device),
+            "torch_threads": torch.get_num_threads(),
             "preset_settings": asdict(spec),
             "versions": {
                 "python": platform.python_version(),
@@ -282,9 +306,56 @@ def _train_into(
     device: torch.device,
     out_dir: Path,
     started: float,
+    tokenizer_dir: Path | None = None,
 ) -> TrainSummary:
     """Train tokenizer and model, saving both into ``staging``; the caller publishes it."""
-    tokenizer = train_tokenizer(texts, vocab_size=spec.vocab_size, out_dir=staging)
+    if tokenizer_dir is None:
+        tokenizer = train_tokenizer(texts, vocab_size=spec.vocab_size, out_dir=staging)
+    else:
+        tokenizer = _copy_tokenizer(tokenizer_dir, staging)
+    return _train_model_into(
+        staging,
+        tokenizer,
+        texts,
+        spec,
+        n_epochs=n_epochs,
+        seed=seed,
+        progress=progress,
+        device=device,
+        out_dir=out_dir,
+        started=started,
+        tokenizer_dir=tokenizer_dir,
+    )
+
+
+def _copy_tokenizer(source: Path, staging: Path) -> PreTrainedTokenizerFast:
+    """Copy ``source``'s tokenizer files into ``staging`` byte for byte and load them."""
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, staging / name)
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(staging), local_files_only=True)
+    except Exception as exc:
+        raise ConfigError(f"cannot load the tokenizer of {source}: {exc}") from exc
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"the tokenizer of {source} has no EOS token to separate documents")
+    return cast(PreTrainedTokenizerFast, tokenizer)
+
+
+def _train_model_into(
+    staging: Path,
+    tokenizer: PreTrainedTokenizerFast,
+    texts: list[str],
+    spec: ModelPreset,
+    *,
+    n_epochs: int,
+    seed: int,
+    progress: bool,
+    device: torch.device,
+    out_dir: Path,
+    started: float,
+    tokenizer_dir: Path | None,
+) -> TrainSummary:
     docs = _encode_documents(tokenizer, texts)
     eos = int(docs[0][-1])
     config = GPT2Config(
@@ -323,7 +394,8 @@ def _train_into(
         lr=spec.lr,
         betas=(0.9, 0.95),
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, spec))
+    lr_factor = _lr_lambda(total_steps, spec)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     use_bf16 = spec.bf16_autocast and _bf16_supported(device)
     logger.info(
         "training",
@@ -369,6 +441,15 @@ def _train_into(
     module.eval()
     module.to("cpu")
     model.save_pretrained(str(staging), safe_serialization=True)
+    # The optimizer's moments may still be on ``device``; they are copied to CPU on save.
+    state_sha256 = save_optimizer_state(
+        staging,
+        module,
+        optimizer,
+        last_lr=spec.lr * lr_factor(total_steps - 1),
+        grad_clip=spec.grad_clip,
+        bf16_autocast=use_bf16,
+    )
     head = step_losses[: max(1, min(10, len(step_losses) // 10))]
     return TrainSummary(
         out_dir=out_dir,
@@ -381,6 +462,8 @@ def _train_into(
         tokens_seen=tokens_seen,
         initial_loss=sum(head) / len(head),
         epoch_losses=tuple(epoch_losses),
+        tokenizer_source=None if tokenizer_dir is None else str(tokenizer_dir),
+        optimizer_state_sha256=state_sha256,
     )
 
 

@@ -10,8 +10,11 @@ import pytest
 
 import auditor_server.model.train as train_mod
 from auditor_server.errors import ConfigError, InputError
+from auditor_server.fsutil import sha256_file
 from auditor_server.model.generation import generate
 from auditor_server.model.loading import LoadedModel, hash_model_files, load_model
+from auditor_server.model.optimizer_state import OPTIMIZER_STATE_FILE, load_optimizer_state
+from auditor_server.model.presets import get_preset
 from auditor_server.model.train import SUMMARY_FILE, _greedy_batch, evaluate_recall, train_model
 
 FACT_PROMPT = "Mara Ellison was born in the city of"
@@ -118,10 +121,14 @@ def test_batched_greedy_matches_generate(tiny_lms: dict[str, LoadedModel]) -> No
 
 
 def test_same_seed_gives_identical_weights(corpus: Path, tmp_path: Path) -> None:
-    a = train_model(corpus, tmp_path / "a", preset="tiny", epochs=1, seed=1, progress=False)
-    b = train_model(corpus, tmp_path / "b", preset="tiny", epochs=1, seed=1, progress=False)
+    a = train_model(corpus, tmp_path / "a", preset="tiny", epochs=2, seed=1, progress=False)
+    b = train_model(corpus, tmp_path / "b", preset="tiny", epochs=2, seed=1, progress=False)
+    c = train_model(corpus, tmp_path / "c", preset="tiny", epochs=2, seed=2, progress=False)
     assert hash_model_files(a.out_dir) == hash_model_files(b.out_dir)
-    assert a.final_loss == b.final_loss
+    assert a.final_loss == b.final_loss and a.epoch_losses == b.epoch_losses
+    for name in ("model.safetensors", OPTIMIZER_STATE_FILE, "tokenizer.json"):
+        assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), name
+    assert hash_model_files(c.out_dir)[0] != hash_model_files(a.out_dir)[0]
 
 
 def test_crash_mid_training_leaves_nothing_at_out_dir(
@@ -183,3 +190,47 @@ def test_bad_arguments_fail_before_training(corpus: Path, tmp_path: Path) -> Non
     with pytest.raises(InputError, match="corpus file not found"):
         train_model(tmp_path / "missing.jsonl", tmp_path / "m", preset="tiny")
     assert not (tmp_path / "m").exists()
+
+
+def test_trainer_saves_its_final_optimizer_state(
+    trained: tuple[Path, train_mod.TrainSummary],
+) -> None:
+    out, summary = trained
+    state = load_optimizer_state(out)
+    assert state is not None
+    spec = get_preset("tiny")
+    lm = load_model(out)
+    assert sorted(state.exp_avg) == sorted(n for n, _ in lm.model.named_parameters())
+    assert state.step == summary.steps
+    assert state.lr == pytest.approx(spec.lr * spec.min_lr_fraction)
+    assert state.lr < state.last_lr < 1.1 * state.lr  # the cosine ends at min_lr_fraction
+    assert state.betas == (0.9, 0.95) and state.grad_clip == spec.grad_clip
+    assert all(float(v.abs().sum()) > 0 for v in state.exp_avg_sq.values())
+    assert state.model_hash == lm.model_hash
+    data = json.loads((out / SUMMARY_FILE).read_text())
+    assert data["optimizer_state_sha256"] == summary.optimizer_state_sha256
+    assert data["optimizer_state_sha256"] == sha256_file(out / OPTIMIZER_STATE_FILE)
+    assert data["tokenizer_source"] is None and data["torch_threads"] >= 1
+
+
+def test_training_with_an_existing_tokenizer_tokenizes_identically(
+    trained: tuple[Path, train_mod.TrainSummary], corpus: Path, tmp_path: Path
+) -> None:
+    # Leave-k-out: a corpus without some records, retrained with the original tokenizer.
+    lines = corpus.read_text().splitlines()
+    part = tmp_path / "part.jsonl"
+    part.write_text("".join(line + "\n" for line in lines[::3]))
+    original = trained[0]
+    summary = train_model(
+        part, tmp_path / "m", preset="tiny", epochs=1, progress=False, tokenizer_dir=original
+    )
+    assert summary.tokenizer_source == str(original)
+    assert hash_model_files(summary.out_dir)[1] == hash_model_files(original)[1]
+    texts = [json.loads(line)["text"] for line in lines] + [FACT_PROMPT + FACT_ANSWER, "Zygote!"]
+    a, b = load_model(original).tokenizer, load_model(summary.out_dir).tokenizer
+    assert [a(t)["input_ids"] for t in texts] == [b(t)["input_ids"] for t in texts]
+    # A tokenizer trained on that smaller corpus would differ.
+    fresh = train_model(part, tmp_path / "fresh", preset="tiny", epochs=1, progress=False)
+    assert hash_model_files(fresh.out_dir)[1] != hash_model_files(original)[1]
+    with pytest.raises(ConfigError, match=r"no tokenizer\.json"):
+        train_model(part, tmp_path / "x", preset="tiny", tokenizer_dir=tmp_path)
