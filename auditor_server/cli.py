@@ -128,16 +128,53 @@ def demo_corpus(
     "--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs."
 )
 @click.option("--seed", default=0, show_default=True)
-def train(corpus: Path, out: Path, preset: str, epochs: int | None, seed: int) -> None:
-    """Train a small GPT-2-style model (and its tokenizer) on a corpus, on CPU."""
+@click.option(
+    "--tokenizer-dir",
+    type=_path(exists=True, file_okay=False),
+    default=None,
+    help="Reuse this model directory's tokenizer instead of training one (leave-k-out "
+    "retraining must tokenize like the original model).",
+)
+@click.option(
+    "--questions",
+    type=_path(exists=True, dir_okay=False),
+    default=None,
+    help="Demo question file: report greedy fact and passage recall after training.",
+)
+def train(
+    corpus: Path,
+    out: Path,
+    preset: str,
+    epochs: int | None,
+    seed: int,
+    tokenizer_dir: Path | None,
+    questions: Path | None,
+) -> None:
+    """Train a small GPT-2-style model (and its tokenizer) on a corpus, on CPU.
+
+    The model directory also holds the final AdamW state (optimizer_state.safetensors/.json).
+    """
     from auditor_server.model.train import train_model
 
-    summary = train_model(corpus, out, preset=preset, epochs=epochs, seed=seed)
+    summary = train_model(
+        corpus, out, preset=preset, epochs=epochs, seed=seed, tokenizer_dir=tokenizer_dir
+    )
     click.echo(
         f"trained {summary.num_parameters:,} parameters for {summary.epochs} epochs "
         f"({summary.steps} steps, {summary.seconds:.0f}s), final loss {summary.final_loss:.3f}"
         f" -> {summary.out_dir}"
     )
+    if questions is not None:
+        from auditor_server.model.loading import load_model
+        from auditor_server.model.train import evaluate_recall
+
+        report = evaluate_recall(load_model(summary.out_dir), questions)
+        click.echo(
+            f"greedy recall: facts {report.fact_correct}/{report.fact_total} "
+            f"({report.fact_accuracy:.1%}), passages {report.passage_exact}/"
+            f"{report.passage_total} word for word ({report.passage_first_word} first word, "
+            f"{report.passage_word_fraction:.1%} of words)"
+        )
 
 
 # --- index -----------------------------------------------------------------------------
