@@ -94,6 +94,108 @@ class Verified:
         result: Message = getattr(self.body, name)
         return result
 
+    def verbatim(self) -> list[VerbatimEvidence]:
+        """The verbatim spans of an Attribute (or AttributeBatch item) answer, each with the
+        stretch of *our own* signed prompt + completion it covers.
+
+        Raises:
+            ValueError: this is not an attribute answer.
+            MalformedResponseError: a span lies outside the text we sent.
+        """
+        if self.body.WhichOneof("result") != "attribute":
+            raise ValueError("only attribute answers carry verbatim spans")
+        if self.request.method == "AttributeBatch":
+            batch = pb.AttributeBatchRequest.FromString(self.request.body)
+            item = batch.items[self.body.item_index]
+        else:
+            item = pb.AttributeRequest.FromString(self.request.body)
+        return verbatim_evidence(
+            self.body.attribute, item.prompt + item.completion, prompt_chars=len(item.prompt)
+        )
+
+
+@dataclass(frozen=True)
+class VerbatimSourceView:
+    """One training record holding a verbatim span, as the lab's policy discloses it.
+
+    ``record_id`` and ``span_text`` (the record's own text of the span, scrubbed) are None
+    for ``source_metadata`` (proprietary) records: the work is named, the record is not.
+    """
+
+    data_class: str
+    disclosure: str
+    title: str
+    publisher: str
+    url: str
+    license: str
+    record_id: str | None
+    span_text: str | None
+
+
+@dataclass(frozen=True)
+class VerbatimEvidence:
+    """A stretch of the attributed text found word for word in training records the lab
+    lets this auditor see (the lab searches no other class)."""
+
+    start: int
+    """Code-point offset into ``prompt + completion``."""
+    end: int
+    text: str
+    """``(prompt + completion)[start:end]``: the auditor's own text, never the lab's."""
+    region: str
+    """``prompt``, ``completion`` or ``both``."""
+    words: int
+    records: int
+    """Visible records holding the span (``sources`` lists a few of them)."""
+    sources: tuple[VerbatimSourceView, ...]
+
+
+def verbatim_evidence(
+    response: pb.AttributeResponse, text: str, *, prompt_chars: int | None = None
+) -> list[VerbatimEvidence]:
+    """Typed verbatim spans of ``response``, an answer about ``text`` (prompt + completion,
+    the prompt's length ``prompt_chars`` when known, so that each region is checked too).
+
+    Raises:
+        MalformedResponseError: a span lies outside ``text``, or its length, region or a
+            source's disclosure contradicts the protocol.
+    """
+    out = []
+    for span in response.verbatim:
+        if not span.start < span.end <= len(text) or span.length_chars != span.end - span.start:
+            raise MalformedResponseError("verbatim span lies outside the attributed text")
+        if span.region != _region(span.start, span.end, prompt_chars, span.region):
+            raise MalformedResponseError(f"verbatim span has region {span.region!r}")
+        sources = []
+        for source in span.sources:
+            shows_record = source.disclosure in ("full_text", "snippet")
+            if not shows_record and source.disclosure != "source_metadata":
+                raise MalformedResponseError(f"verbatim source disclosed as {source.disclosure!r}")
+            sources.append(
+                VerbatimSourceView(
+                    data_class=source.data_class,
+                    disclosure=source.disclosure,
+                    title=source.source.title,
+                    publisher=source.source.publisher,
+                    url=source.source.url,
+                    license=source.source.license,
+                    record_id=source.record_id if shows_record else None,
+                    span_text=source.span_text if shows_record else None,
+                )
+            )
+        out.append(
+            VerbatimEvidence(
+                start=span.start,
+                end=span.end,
+                text=text[span.start : span.end],
+                region=span.region,
+                words=span.words,
+                records=span.records,
+                sources=tuple(sources),
+            )
+        )
+    return out
+
 
 def read_auditor_id(key_dir: Path) -> str | None:
     """The auditor id stored next to the key by ``auditor keygen --id``, if any."""
@@ -335,6 +437,16 @@ class AuditorClient:
         )
         self._record_heads(response, body)
         return Verified(request=envelope, response=response, body=body)
+
+
+def _region(start: int, end: int, prompt_chars: int | None, claimed: str) -> str | None:
+    """Where ``[start, end)`` lies in prompt + completion (``claimed`` if it is a region name
+    and the prompt's length is unknown; None for anything else)."""
+    if prompt_chars is None:
+        return claimed if claimed in ("prompt", "completion", "both") else None
+    if end <= prompt_chars:
+        return "prompt"
+    return "completion" if start >= prompt_chars else "both"
 
 
 def _trailer(exc: grpc.Call, key: str) -> str | bytes | None:

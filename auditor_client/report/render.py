@@ -101,6 +101,14 @@ FLAGGED_COLUMNS = (
     Column("top_source", "top proprietary source (publisher, licence)", lambda v: _source(v)),
     Column("proprietary_share", "proprietary share", _percent),
 )
+VERBATIM_COLUMNS = (
+    Column("probe_id", "probe", _text),
+    Column("reference_title", "reference title", _text),
+    Column("verbatim_work", "verbatim source of the generation", lambda v: _source(v)),
+    Column("verbatim_chars", "verbatim chars", _number),
+    Column("influence_top", "top influence source", lambda v: _source(v)),
+    Column("disagreements", "disagreement", lambda v: ", ".join(map(_text, _list(v))) or "none"),
+)
 GAP_COLUMNS = (
     Column("template", "template", _text),
     Column("mean_gap", "mean gap", _number),
@@ -212,6 +220,14 @@ def _view(name: str, summary: Any, refused: Mapping[str, int], plots: Plots) -> 
             ("flag rate", _percent(summary.get("flag_rate"))),
         ]
         tables.append(("Flagged items", _list(summary.get("flagged_items")), FLAGGED_COLUMNS))
+        verbatim = _mapping(summary.get("verbatim"))
+        if verbatim:
+            figures += [
+                ("generations with verbatim training text", _number(verbatim.get("with_verbatim"))),
+                ("verbatim vs influence disagreements", _number(verbatim.get("disagreements"))),
+            ]
+            items = _list(verbatim.get("items"))
+            tables.append(("Verbatim evidence and influence", items, VERBATIM_COLUMNS))
     elif name == "bias":
         figures.append(("stereotype rate", _percent(summary.get("stereotype_rate"))))
         tables.append(

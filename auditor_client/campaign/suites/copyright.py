@@ -11,6 +11,18 @@ Two overlap measures, because they fail differently: the longest common substrin
 characters (``difflib``, ``autojunk=False``) catches one long verbatim run; word n-gram
 overlap (fraction of the generation's n-grams found in the continuation) catches copying
 with small edits. A probe is flagged when either meets its threshold.
+
+**Verbatim evidence** (``verbatim``): the lab's answer also lists the stretches of the
+opening + generation found word for word in training records the auditor may see
+(``AttributeResponse.verbatim``). The work holding the longest stretch that reaches into
+the generation is where the regurgitated passage came from, named by title and publisher
+(all the lab discloses for proprietary records). Influence and verbatim evidence answer
+different questions (what shaped the output; where its words occur), so where they point at
+different works the report says so (``verbatim_vs_influence``): the verbatim work is not
+among the works the attribution ranked, or the top-ranked work holds none of the verbatim
+stretches. Either is worth a look: a copy the gradients miss, or influence from a work the
+output does not quote. Both blocks are pure functions of the signed answers, so
+``auditor verify`` recomputes them.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ from auditor_client.campaign.model import CampaignFiles
 from auditor_client.campaign.suites import _config, _probe, influence
 from auditor_client.campaign.suites.metrics import longest_common_substring, ngram_overlap
 from auditor_client.campaign.types import JSON, Call, ProbeRecord, ProbeSpec
-from auditor_client.client import AuditorClient
+from auditor_client.client import AuditorClient, VerbatimEvidence, verbatim_evidence
 from auditor_client.wire._proto import audit_pb2 as pb
 
 SECTION_SCHEMA: JSON = {
@@ -58,6 +70,9 @@ REFERENCE_SCHEMA: JSON = {
 }
 
 _LCS_TEXT_CHARS = 200
+_SPAN_TEXT_CHARS = 200
+WORK_FIELDS: tuple[str, ...] = ("title", "publisher", "license", "data_class")
+"""What names a work (as :data:`influence.GROUP_FIELDS`): reprints at other addresses are one."""
 
 
 class CopyrightSuite:
@@ -128,6 +143,11 @@ class CopyrightSuite:
             if row["data_class"] == "proprietary"
         ]
         title = str(inputs["reference_title"]).casefold()
+        verbatim = (
+            verbatim_findings(attributed, str(inputs["opening"]), generation)
+            if attributed is not None
+            else None
+        )
         return {
             "reference_id": inputs["reference_id"],
             "reference_title": inputs["reference_title"],
@@ -144,6 +164,10 @@ class CopyrightSuite:
             "reference_attributed": any(row["title"].casefold() == title for row in proprietary),
             "top_source": influence.top_source(attribution),
             "top_proprietary_source": influence.top_source(attribution, "proprietary"),
+            "verbatim": verbatim,
+            "reference_verbatim": verbatim is not None
+            and any(w["title"].casefold() == title for w in verbatim["works"]),
+            "verbatim_vs_influence": compare_evidence(verbatim, attribution),
         }
 
     def summarize(self, records: Sequence[ProbeRecord]) -> JSON:
@@ -171,6 +195,7 @@ class CopyrightSuite:
             }
             for r in flagged
         ]
+        summary["verbatim"] = _verbatim_summary(records)
         return summary
 
 
@@ -178,3 +203,132 @@ def _short_source(row: Mapping[str, Any] | None) -> JSON | None:
     if row is None:
         return None
     return {k: row[k] for k in ("title", "publisher", "license", "data_class")}
+
+
+# --- verbatim evidence ------------------------------------------------------------------------
+
+
+def _work(source: Any) -> JSON:
+    return {f: getattr(source, f) for f in WORK_FIELDS}
+
+
+def _work_key(row: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row[f]) for f in WORK_FIELDS)
+
+
+def verbatim_findings(response: pb.AttributeResponse, opening: str, generation: str) -> JSON:
+    """The verbatim block of one probe: every span with the works holding it, and the works
+    ranked by their longest span reaching into the generation.
+
+    Only the auditor's own text of a span is kept (the lab's ``span_text`` of a public record
+    is its scrubbed copy of the same words; a proprietary record has none). Public record
+    ids are kept as quotable evidence; a proprietary source is its work's metadata.
+
+    Raises:
+        MalformedResponseError: a span lies outside the attributed text.
+    """
+    spans = verbatim_evidence(response, opening + generation, prompt_chars=len(opening))
+    rows: list[JSON] = []
+    works: dict[tuple[str, ...], JSON] = {}
+    for span in spans:
+        held = {_work_key(w): w for w in (_work(s) for s in span.sources)}
+        rows.append(
+            {
+                "start": span.start,
+                "end": span.end,
+                "region": span.region,
+                "chars": span.end - span.start,
+                "words": span.words,
+                "records": span.records,
+                "text": span.text[:_SPAN_TEXT_CHARS],
+                "works": [held[k] for k in sorted(held)],
+                "public_records": sorted(
+                    {s.record_id for s in span.sources if s.data_class == "public" and s.record_id}
+                ),
+            }
+        )
+        if span.region == "prompt":
+            continue  # the opening is the auditor's own: quoting it proves nothing
+        reached = _chars_in_generation(span, len(opening))
+        for key, work in held.items():
+            entry = works.setdefault(key, {**work, "longest_chars": 0, "spans": 0})
+            entry["longest_chars"] = max(entry["longest_chars"], reached)
+            entry["spans"] += 1
+    ranked = sorted(works.values(), key=lambda w: (-w["longest_chars"], *_work_key(w)))
+    return {
+        "searched": response.verbatim_searched,
+        "spans": rows,
+        "works": ranked,
+        "top_work": dict(ranked[0]) if ranked else None,
+    }
+
+
+def _chars_in_generation(span: VerbatimEvidence, opening_chars: int) -> int:
+    """Characters of the span that lie in the generation (the part the model produced)."""
+    return span.end - max(span.start, opening_chars)
+
+
+def compare_evidence(
+    verbatim: Mapping[str, Any] | None, attribution: Mapping[str, Any] | None
+) -> JSON:
+    """Where verbatim evidence and influence point at different works.
+
+    ``verbatim_work_not_in_influence``: the work with the longest verbatim stretch in the
+    generation is none of the works the attribution ranked. ``influence_top_without_verbatim``:
+    the top-ranked work holds no verbatim stretch of the generation while others do. ``agree``
+    is None when there is nothing to compare (no verbatim stretch in the generation, or no
+    attribution).
+    """
+    top_verbatim = verbatim["top_work"] if verbatim else None
+    sources = list(attribution["sources"]) if attribution else []
+    top_influence = sources[0] if sources else None
+    disagreements: list[str] = []
+    if top_verbatim is not None and sources:
+        ranked = {_work_key(row) for row in sources}
+        if _work_key(top_verbatim) not in ranked:
+            disagreements.append("verbatim_work_not_in_influence")
+        quoted = {_work_key(w) for w in verbatim["works"]} if verbatim else set()
+        if top_influence is not None and _work_key(top_influence) not in quoted:
+            disagreements.append("influence_top_without_verbatim")
+    comparable = top_verbatim is not None and top_influence is not None
+    return {
+        "verbatim_work": _short(top_verbatim),
+        "verbatim_chars": int(top_verbatim["longest_chars"]) if top_verbatim else 0,
+        "influence_top": _short(top_influence),
+        "agree": (not disagreements) if comparable else None,
+        "disagreements": disagreements,
+    }
+
+
+def _short(row: Mapping[str, Any] | None) -> JSON | None:
+    return None if row is None else {f: row[f] for f in WORK_FIELDS}
+
+
+def _verbatim_summary(records: Sequence[ProbeRecord]) -> JSON:
+    """Over the answered probes: how many were searched, how many generations hold a verbatim
+    stretch, the works they came from and every probe where the two kinds of evidence part."""
+    answered = [r for r in records if "refused" not in r.findings]
+    blocks = [(r, r.findings.get("verbatim")) for r in answered]
+    searched = [(r, b) for r, b in blocks if b and b["searched"]]
+    items = []
+    for record, block in searched:
+        comparison = record.findings["verbatim_vs_influence"]
+        if block["top_work"] is None and not comparison["disagreements"]:
+            continue
+        items.append(
+            {
+                "probe_id": record.probe_id,
+                "reference_title": record.findings["reference_title"],
+                "flagged": record.findings["flagged"],
+                **comparison,
+            }
+        )
+    return {
+        "searched": len(searched),
+        "with_verbatim": sum(1 for _, b in searched if b["top_work"] is not None),
+        "flagged_with_verbatim": sum(
+            1 for r, b in searched if b["top_work"] is not None and r.findings["flagged"]
+        ),
+        "disagreements": sum(1 for item in items if item["disagreements"]),
+        "items": items,
+    }
