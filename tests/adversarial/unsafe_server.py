@@ -10,6 +10,10 @@ same options as ``auditor-server serve``'s defaults (worker threads, concurrent 
         --state DIR [--port 0] --off withheld_guard [--off scrub_joined ...]
 
 Prints the same JSON ``listening`` line as ``auditor-server serve``.
+
+With ``verbatim_visible_only`` off, the server also needs private text in its verbatim index,
+which ``auditor-server build`` never puts there: this launcher builds one over every class
+into the state directory (``verbatim-all-classes``) and serves that.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
         # Fair service includes serve's thread budget: before it, 8 worker threads and 32
         # concurrent RPCs, which unread streams could fill.
         defaults = {**defaults, "max_workers": 8, "max_concurrent_rpcs": 32}
+    verbatim_dir = None
+    if "verbatim_visible_only" in args.off:
+        verbatim_dir = _verbatim_of_every_class(args.index, args.state)
     service = AuditService.open(
         engine=AttributionEngine.open(args.index),
         policy=Policy.from_file(args.policy),
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         lab_key=load_lab_key(args.lab_key),
         state_dir=args.state,
         defences=Defences(**dict.fromkeys(args.off, False)),
+        verbatim_dir=verbatim_dir,
     )
     print(f"unsafe server: defences off: {', '.join(args.off) or 'none'}", file=sys.stderr)
     serve(
@@ -81,6 +89,23 @@ def main(argv: list[str] | None = None) -> None:
             max_concurrent_rpcs=int(defaults["max_concurrent_rpcs"]),  # type: ignore[call-overload]
         ),
     )
+
+
+def _verbatim_of_every_class(index: Path, state: Path) -> Path:
+    """A verbatim index of the index's catalog *with* its private records (test only)."""
+    from auditor_server.attribution import layout
+    from auditor_server.attribution.verbatim import VerbatimIndex
+    from auditor_server.corpus.catalog import Catalog
+
+    directory = state / "verbatim-all-classes"
+    with Catalog.open(index / layout.CATALOG) as catalog:
+        VerbatimIndex.build(
+            ((i, r.source.data_class, r.text) for i, r in enumerate(catalog)),
+            directory,
+            corpus_id=catalog.manifest_hash,
+            exclude=(),
+        ).close()
+    return directory
 
 
 if __name__ == "__main__":
