@@ -20,6 +20,11 @@ PreconditionerKind = Literal["identity", "gn"]
 Normalization = Literal["cosine", "dot"]
 IndexKind = Literal["exact", "ivf-sq", "ivf-pq", "pq-fs"]
 
+TAIL_PATCH_TOP_K = 10
+"""Records per method and question the counterfactual check patches the model with."""
+TAIL_PATCH_SGD_LR = 0.05
+"""Step size of the plain-SGD tail-patch (TrackStar's setting for small models)."""
+
 
 @dataclass(frozen=True)
 class FeatureConfig:

@@ -37,6 +37,12 @@ class Question:
     completion: str
     relevant_ids: frozenset[str]
     kind: str
+    subject: str | None = None
+    """The entity the question is about, when the file says (the entity-only baseline's
+    query)."""
+    split: str | None = None
+    """``tune`` or ``heldout`` when the file marks it: held-out questions grade a method,
+    tuning questions may have shaped it."""
 
 
 def read_questions(path: Path) -> list[Question]:
@@ -67,8 +73,18 @@ def read_questions(path: Path) -> list[Question]:
             )
         if not obj["completion"]:
             raise InputError(f"{path}: line {lineno}: field 'completion' must not be empty")
+        for key in ("subject", "split"):
+            if key in obj and not isinstance(obj[key], str):
+                raise InputError(f"{path}: line {lineno}: field '{key}' must be a string")
         questions.append(
-            Question(obj["prompt"], obj["completion"], frozenset(rel), str(obj.get("kind", "all")))
+            Question(
+                obj["prompt"],
+                obj["completion"],
+                frozenset(rel),
+                str(obj.get("kind", "all")),
+                subject=obj.get("subject"),
+                split=obj.get("split"),
+            )
         )
     if not questions:
         raise InputError(f"{path}: no questions")
