@@ -314,6 +314,19 @@ class _ClassArray:
                 best = max(best, _common_prefix(prefix, stream[p : p + m]))
         return best
 
+    def holds(self, pattern: bytes) -> bool:
+        """Whether some token run of the class starts with ``pattern``."""
+        sa, stream, m = self._sa, self._stream, len(pattern)
+        lo, hi = 0, len(sa)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            p = sa[mid]
+            if stream[p : p + m] < pattern:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo < len(sa) and stream[sa[lo] : sa[lo] + m] == pattern
+
     def hits(self, pattern: bytes, n_tokens: int, max_listed: int) -> ClassHits | None:
         """The records holding ``pattern`` (whole tokens, each ended by 0xFE)."""
         m, stream = len(pattern), self._stream
@@ -562,22 +575,54 @@ def open_for_serving(directory: Path, *, corpus_id: str) -> VerbatimIndex | None
 
 def _maximal_runs(arr: _ClassArray, query: _Query) -> Iterator[tuple[int, int]]:
     """``(first, last)`` token indexes of each maximal run of ``query`` found in ``arr``,
-    starting at a word: a run is kept only when it ends later than every earlier one (a
-    run that ends no later lies inside an earlier run, since every suffix of a match is a
-    match)."""
+    starting at a word.
+
+    A run is kept only when it ends later than every earlier one (one that ends no later
+    lies inside an earlier run, since every suffix of a match is a match). After a run
+    ``(k, last)``, the starts that could pass ``last`` are those ``j`` for which tokens
+    ``j .. last+1`` occur, and that holds for every ``j`` from some ``j*`` on: ``j*`` is
+    found by bisection (:func:`_first_extending`) and the starts before it are skipped.
+    Without that, a long copied passage costs one long binary search per word inside it
+    (measured 150 ms for 8,000 copied characters on the demo index).
+    """
     reach = -1
     n = len(query.char_spans)
-    for k in range(n):
+    k = 0
+    while k < n:
         if not query.is_word[k]:
+            k += 1
             continue
         start = query.byte_starts[k]
         matched = arr.longest(query.encoded[start:])
         last = bisect.bisect_right(query.byte_ends, start + matched) - 1
-        if last >= k and last > reach:
-            reach = last
-            yield k, last
-            if reach == n - 1:
-                return  # every later run ends no later: none can be maximal
+        if last < k or last <= reach:
+            k += 1
+            continue
+        reach = last
+        yield k, last
+        if reach == n - 1:
+            return  # every later run ends no later: none can be maximal
+        k = _first_extending(arr, query, k + 1, last)
+
+
+def _first_extending(arr: _ClassArray, query: _Query, lo: int, last: int) -> int:
+    """The smallest ``j`` in ``[lo, last + 1]`` such that tokens ``j .. last+1`` occur in
+    ``arr`` (true for every larger ``j`` once true for one), or ``last + 2`` if none."""
+    end = query.byte_ends[last + 1]
+
+    def occurs(j: int) -> bool:
+        return arr.holds(query.encoded[query.byte_starts[j] : end])
+
+    hi = last + 1
+    if not occurs(hi):
+        return last + 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if occurs(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _class_order(wanted: list[str]) -> Callable[[ClassHits], int]:
