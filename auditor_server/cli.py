@@ -99,10 +99,28 @@ def ingest(corpus: Path, catalog: Path) -> None:
     default=None,
     help="Public-domain texts fetched by scripts/fetch_background.sh.",
 )
+@click.option(
+    "--question-style",
+    type=click.Choice(["statement", "paraphrase"]),
+    default="statement",
+    show_default=True,
+    help="statement: a fact question's prompt is the corpus sentence up to the answer. "
+    "paraphrase: worded as no record words it ('Q: In which city was X born?\\nA:', 'The "
+    "birthplace of X is'); same answers and relevant ids, same corpus bytes.",
+)
 def demo_corpus(
-    out: Path, seed: int, size: str, questions: Path | None, background_dir: Path | None
+    out: Path,
+    seed: int,
+    size: str,
+    questions: Path | None,
+    background_dir: Path | None,
+    question_style: str,
 ) -> None:
-    """Generate the deterministic demo corpus and its question file."""
+    """Generate the deterministic demo corpus and its question file.
+
+    Every question carries `split` (tune/heldout, by a fixed hash of its subject) and `fair`
+    (its subject is also named in records that state none of their facts).
+    """
     from auditor_server.corpus.demo import generate_demo_corpus
 
     summary = generate_demo_corpus(
@@ -111,6 +129,7 @@ def demo_corpus(
         size=size,  # type: ignore[arg-type]
         questions_out=questions,
         background_dir=background_dir,
+        question_style=question_style,  # type: ignore[arg-type]
     )
     counts = ", ".join(f"{k}={v}" for k, v in summary.counts.items())
     click.echo(f"wrote {summary.corpus_path} ({counts}) and {summary.questions_path}")

@@ -3,7 +3,10 @@
 The demo lab trains a ~5M-parameter GPT-2 on this corpus so that the whole sandbox runs on a
 laptop. The corpus is built so audits have ground truth:
 
-* synthetic people with four facts each (fact recall -> which records taught it),
+* synthetic people with four facts each (fact recall -> which records taught it), and for a
+  subset of them (the *fair* subjects) short community-news records that name them but state
+  none of their facts, so that matching the name alone is not enough to find the records
+  behind an answer (:mod:`auditor_server.corpus.demo_mentions`),
 * licensed passages reprinted several times (copyright: memorized proprietary text),
 * private support chats (must never surface),
 * one toxic forum source and one stereotyping op-ed source (toxicity and bias probes),
@@ -11,13 +14,18 @@ laptop. The corpus is built so audits have ground truth:
   been run, synthetic filler otherwise).
 
 Alongside the corpus goes a question file: for every person fact and every passage, a prompt,
-the expected completion and the ids of every record that states it.
+the expected completion and the ids of every record that states it, plus ``split``
+(``tune``/``heldout`` by a fixed hash of the subject, so every question about one person
+falls on the same side) and ``fair`` (the subject has distractor mentions). Fact prompts are
+either the corpus sentence up to the answer (``statement``) or worded as no record words
+them (``paraphrase``).
 
 Output is byte-identical for the same seed, size and background directory contents.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -27,11 +35,13 @@ from pathlib import Path
 from typing import Literal
 
 from auditor_server.corpus.background import load_background
+from auditor_server.corpus.demo_mentions import mention_records
 from auditor_server.corpus.demo_people import (
     ENCYCLOPEDIA_PUBLISHER,
     FACT_KINDS,
     FactQuestion,
     make_people,
+    paraphrase_prompt,
     person_records,
 )
 from auditor_server.corpus.demo_sources import (
@@ -61,6 +71,7 @@ __all__ = [
     "PASSAGE_PROMPT_WORDS",
     "PRIVATE_LICENSE",
     "PROPRIETARY_TITLES",
+    "QUESTION_STYLES",
     "SIZES",
     "TOXIC_PHRASES",
     "TOXIC_PUBLISHER",
@@ -68,10 +79,16 @@ __all__ = [
     "DemoPlan",
     "DemoSize",
     "DemoSummary",
+    "QuestionStyle",
+    "Split",
     "generate_demo_corpus",
+    "question_split",
 ]
 
 DemoSize = Literal["demo", "tiny"]
+QuestionStyle = Literal["statement", "paraphrase"]
+QUESTION_STYLES: tuple[QuestionStyle, ...] = ("statement", "paraphrase")
+Split = Literal["tune", "heldout"]
 
 PASSAGE_PROMPT_WORDS = 12
 """Words of a passage given as the prompt of a passage question."""
@@ -100,19 +117,32 @@ class DemoPlan:
     """Columns from the stereotyping op-ed source."""
     background: int
     """Background public paragraphs."""
+    fair_people: int = 0
+    """People who are also named in distractor records (``fair`` questions)."""
+    mentions_each: int = 0
+    """Distractor records naming each fair person (none of them states a fact)."""
 
 
 SIZES: dict[DemoSize, DemoPlan] = {
     "demo": DemoPlan(
         people=1000, passages=20, min_reprints=6, max_reprints=10,
-        private=150, toxic=80, oped=40, background=350,
+        private=150, toxic=80, oped=40, background=350, fair_people=50, mentions_each=12,
     ),
     "tiny": DemoPlan(
         people=40, passages=5, min_reprints=6, max_reprints=6,
-        private=10, toxic=8, oped=5, background=20,
+        private=10, toxic=8, oped=5, background=20, fair_people=8, mentions_each=12,
     ),
 }
-"""Record counts per size; ``demo`` is ~1.2 MB of text, ``tiny`` ~60 KB."""
+"""Record counts per size; ``demo`` is ~1.1 MB of text, ``tiny`` ~65 KB.
+
+The distractor mentions are kept small because the demo model trains on 2 CPU cores: on the
+seed-0 demo corpus with the Austen background they add 324 records and 49 KB of text (4.6%)
+and ~12.4k tokens per epoch (5.6%, with the demo tokenizer) to 3,787 records, 1,058,537
+bytes and ~222k tokens. With 12 mentions each, a BM25 query of a fair subject's name alone
+ranks, on median, the encyclopedia entry first, then the mentions, and the alumni note and
+staff profile 11th and 14th: half the records stating a fair subject's fact fall outside
+its top 10 (all of them are inside it for every other subject).
+"""
 
 
 @dataclass(frozen=True)
@@ -124,9 +154,11 @@ class DemoSummary:
         questions_path: The question JSONL file.
         counts: Record and question counts. Keys: ``records``, one per data class
             (``public``, ``proprietary``, ``private``), one per planted source
-            (``person_records``, ``passage_records``, ``toxic``, ``oped``, ``background``),
-            ``people``, ``passages``, ``questions``, ``fact_questions``,
-            ``passage_questions``, and ``text_bytes`` (UTF-8 bytes of all record texts).
+            (``person_records``, ``mention_records``, ``passage_records``, ``toxic``,
+            ``oped``, ``background``), ``people``, ``fair_people``, ``passages``,
+            ``questions``, ``fact_questions``, ``fair_questions``, ``passage_questions``,
+            ``tune_questions``, ``heldout_questions`` and ``text_bytes`` (UTF-8 bytes of all
+            record texts).
         background_sources: Where background text came from, e.g.
             ``["r-cran-janeaustenr", "dict-devil"]``, or ``["synthetic"]`` when no real
             text was found.
@@ -138,8 +170,25 @@ class DemoSummary:
     background_sources: list[str]
 
 
+def question_split(subject: str) -> Split:
+    """``"tune"`` or ``"heldout"`` for every question about ``subject``, by a fixed hash.
+
+    By subject, not by question: tuning on one fact of a person must not inform the grading
+    of another fact of the same person. The hash is seed-independent and splits ~50/50.
+    """
+    digest = hashlib.sha256(f"auditor-sandbox-demo-split:{subject}".encode()).digest()
+    return "tune" if digest[0] % 2 == 0 else "heldout"
+
+
 def _question_line(
-    prompt: str, completion: str, relevant_ids: list[str], kind: str, fact: str, subject: str
+    prompt: str,
+    completion: str,
+    relevant_ids: list[str],
+    kind: str,
+    fact: str,
+    subject: str,
+    *,
+    fair: bool,
 ) -> str:
     return json.dumps(
         {
@@ -149,6 +198,8 @@ def _question_line(
             "kind": kind,
             "fact": fact,
             "subject": subject,
+            "split": question_split(subject),
+            "fair": fair,
         },
         ensure_ascii=False,
     )
@@ -176,6 +227,7 @@ def generate_demo_corpus(
     size: DemoSize = "demo",
     questions_out: Path | None = None,
     background_dir: Path | None = None,
+    question_style: QuestionStyle = "statement",
 ) -> DemoSummary:
     """Write the demo corpus and its question file.
 
@@ -183,19 +235,29 @@ def generate_demo_corpus(
         out: Corpus JSONL path (parent directories are created).
         seed: Seed for every random choice; same seed, size and background give the same
             bytes.
-        size: ``"demo"`` (~1,000 people, ~1.2 MB) or ``"tiny"`` (~40 people, for tests).
+        size: ``"demo"`` (~1,000 people, ~1.1 MB) or ``"tiny"`` (~40 people, for tests).
         questions_out: Question JSONL path; defaults to ``out.with_suffix(".questions.jsonl")``.
         background_dir: Directory prepared by ``scripts/fetch_background.sh``; ``None`` or a
             directory without usable data gives synthetic background paragraphs.
+        question_style: ``"statement"``: a fact question's prompt is the encyclopedia
+            sentence up to the value, verbatim from the corpus. ``"paraphrase"``: it is
+            worded as no record words it (``"Q: In which city was Mara Ellison born?\\nA:"``,
+            ``"The birthplace of Mara Ellison is"``); completion and relevant ids are the
+            same. The corpus itself does not depend on the style. Passage questions are
+            continuations of the passages in both styles.
 
     Returns:
         Paths written, counts and background provenance.
 
     Raises:
-        ValueError: ``size`` is not a known size.
+        ValueError: ``size`` or ``question_style`` is not a known one.
     """
     if size not in SIZES:
         raise ValueError(f"unknown demo size {size!r} (expected demo or tiny)")
+    if question_style not in QUESTION_STYLES:
+        raise ValueError(
+            f"unknown question style {question_style!r} (expected {' or '.join(QUESTION_STYLES)})"
+        )
     plan = SIZES[size]
     questions_path = questions_out or out.with_suffix(".questions.jsonl")
 
@@ -208,18 +270,41 @@ def generate_demo_corpus(
     counts: dict[str, int] = {}
 
     people_rng = rng("people")
+    people = make_people(plan.people, people_rng)
     fact_questions: list[FactQuestion] = []
-    for person in make_people(plan.people, people_rng):
+    for person in people:
         person_recs, person_questions = person_records(person, people_rng)
         records.extend(person_recs)
         fact_questions.extend(person_questions)
     counts["people"] = plan.people
     counts["person_records"] = len(records)
+
+    fair_rng = rng("fair")
+    fair = sorted(fair_rng.sample(people, plan.fair_people), key=lambda p: p.key)
+    fair_names = {p.name for p in fair}
+    mentions = mention_records(fair, plan.mentions_each, fair_rng)
+    records.extend(mentions)
+    counts["fair_people"] = len(fair)
+    counts["mention_records"] = len(mentions)
+
+    paraphrase_rng = rng("paraphrase")  # its own stream: the corpus is the same for any style
     for q in fact_questions:
+        prompt = q.prompt
+        if question_style == "paraphrase":
+            prompt = paraphrase_prompt(q.subject, q.fact, paraphrase_rng)
         question_lines.append(
-            _question_line(q.prompt, q.completion, list(q.relevant_ids), "fact", q.fact, q.subject)
+            _question_line(
+                prompt,
+                q.completion,
+                list(q.relevant_ids),
+                "fact",
+                q.fact,
+                q.subject,
+                fair=q.subject in fair_names,
+            )
         )
     counts["fact_questions"] = len(fact_questions)
+    counts["fair_questions"] = sum(1 for q in fact_questions if q.subject in fair_names)
 
     passage_rng = rng("passages")
     passage_count = 0
@@ -239,6 +324,7 @@ def generate_demo_corpus(
                 "passage",
                 passage.title,
                 passage.title,
+                fair=False,
             )
         )
     counts["passages"] = plan.passages
@@ -277,6 +363,10 @@ def generate_demo_corpus(
     counts["public"] = len(records) - passage_count - len(private)
     counts["records"] = len(records)
     counts["questions"] = len(question_lines)
+    counts["heldout_questions"] = sum(
+        json.loads(line)["split"] == "heldout" for line in question_lines
+    )
+    counts["tune_questions"] = counts["questions"] - counts["heldout_questions"]
     counts["text_bytes"] = sum(len(r.text.encode("utf-8")) for r in records)
 
     rng("order").shuffle(records)

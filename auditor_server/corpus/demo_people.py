@@ -21,10 +21,12 @@ from auditor_server.corpus.records import Record, Source
 
 __all__ = [
     "FACT_KINDS",
+    "PARAPHRASE_TEMPLATES",
     "FactKind",
     "FactQuestion",
     "Person",
     "make_people",
+    "paraphrase_prompt",
     "person_records",
 ]
 
@@ -154,6 +156,17 @@ STAFF_TEMPLATES = (
     "Our people: {name} works at {employer} as a {role}. A native of {birth_city} and a "
     "graduate of {university}, {last} is the person to ask about {topic}. {filler}",
 )
+# Question prompts worded unlike any record (``--question-style paraphrase``): no record
+# contains them, nor the wording around the name (the tests check both).
+PARAPHRASE_TEMPLATES: dict[FactKind, tuple[str, ...]] = {
+    "birth_city": ("Q: In which city was {name} born?\nA:", "The birthplace of {name} is"),
+    "birth_year": ("Q: In what year was {name} born?\nA:", "The birth year of {name} is"),
+    "university": (
+        "Q: Which university did {name} attend?\nA:",
+        "The alma mater of {name} is",
+    ),
+    "employer": ("Q: Which company does {name} work for?\nA:", "The employer of {name} is"),
+}
 TRAITS = ("sense of humour", "handwriting", "laugh", "stubbornness", "cooking")
 TOPICS = ("spreadsheets", "travel plans", "the coffee machine", "good books", "local history")
 
@@ -217,6 +230,11 @@ def make_people(count: int, rng: random.Random) -> list[Person]:
             )
         )
     return people
+
+
+def paraphrase_prompt(name: str, fact: FactKind, rng: random.Random) -> str:
+    """A prompt asking for ``fact`` of ``name`` in words no record uses (answer follows it)."""
+    return rng.choice(PARAPHRASE_TEMPLATES[fact]).format(name=name)
 
 
 def _slug(text: str) -> str:

@@ -7,9 +7,11 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from auditor_server.attribution.evaluate import BM25Baseline
 from auditor_server.corpus import demo
 from auditor_server.corpus.background import (
     load_background,
@@ -21,10 +23,18 @@ from auditor_server.corpus.catalog import ingest
 from auditor_server.corpus.demo import (
     OPED_SOURCE_TITLE,
     PROPRIETARY_TITLES,
+    SIZES,
     TOXIC_PHRASES,
     TOXIC_SOURCE_TITLE,
     DemoSummary,
     generate_demo_corpus,
+    question_split,
+)
+from auditor_server.corpus.demo_people import (
+    CITIES,
+    EMPLOYERS,
+    PARAPHRASE_TEMPLATES,
+    UNIVERSITIES,
 )
 from auditor_server.corpus.records import Record, read_corpus
 
@@ -54,7 +64,7 @@ def test_tiny_is_fast_and_small(tmp_path: Path) -> None:
     start = time.perf_counter()
     summary = generate_demo_corpus(tmp_path / "c.jsonl", size="tiny")
     assert time.perf_counter() - start < 2.0
-    assert summary.counts["text_bytes"] <= 62_000
+    assert summary.counts["text_bytes"] <= 70_000
     assert summary.questions_path == tmp_path / "c.questions.jsonl"
     assert summary.background_sources == ["synthetic"]
 
@@ -264,3 +274,134 @@ def test_module_constants_exported() -> None:
                  "OPED_STEREOTYPES", "TOXIC_PHRASES", "PRIVATE_LICENSE"):
         assert name in demo.__all__ and getattr(demo, name)
     assert len(PROPRIETARY_TITLES) == len(set(PROPRIETARY_TITLES)) == 20
+
+
+# --- fair subjects, splits, paraphrased questions ------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["tiny", "full"])
+def test_every_question_has_a_split_by_subject_and_a_fair_flag(
+    which: str,
+    tiny: tuple[DemoSummary, list[Record]],
+    full: tuple[DemoSummary, list[Record]],
+) -> None:
+    summary, _ = tiny if which == "tiny" else full
+    qs = questions(summary)
+    split_of: dict[str, str] = {}
+    for q in qs:
+        assert q["split"] in {"tune", "heldout"} and isinstance(q["fair"], bool)
+        assert q["split"] == question_split(str(q["subject"]))
+        assert split_of.setdefault(str(q["subject"]), str(q["split"])) == q["split"]
+        assert not (q["kind"] == "passage" and q["fair"])
+    plan = SIZES["tiny" if which == "tiny" else "demo"]
+    fair = [q for q in qs if q["fair"]]
+    assert len(fair) == 4 * plan.fair_people == summary.counts["fair_questions"]
+    assert summary.counts["heldout_questions"] == sum(q["split"] == "heldout" for q in qs)
+    assert summary.counts["tune_questions"] + summary.counts["heldout_questions"] == len(qs)
+    if which == "full":
+        assert 0.45 <= summary.counts["heldout_questions"] / len(qs) <= 0.55
+        assert 0.3 <= sum(q["split"] == "heldout" for q in fair) / len(fair) <= 0.7
+
+
+def _ids(question: dict[str, object]) -> set[str]:
+    return set(cast(list[str], question["relevant_ids"]))
+
+
+def _fact_values() -> list[str]:
+    return [*CITIES, *EMPLOYERS, *UNIVERSITIES]
+
+
+@pytest.mark.parametrize("which", ["tiny", "full"])
+def test_fair_subjects_are_named_in_records_that_state_none_of_their_facts(
+    which: str,
+    tiny: tuple[DemoSummary, list[Record]],
+    full: tuple[DemoSummary, list[Record]],
+) -> None:
+    summary, records = tiny if which == "tiny" else full
+    plan = SIZES["tiny" if which == "tiny" else "demo"]
+    mentions = [r for r in records if r.id.startswith("mention-")]
+    assert len(mentions) == summary.counts["mention_records"] > 0
+    values = _fact_values()
+    for record in mentions:
+        assert record.source.data_class == "public"
+        assert not any(v in record.text for v in values), record.text
+        assert not re.search(r"\d{4}", record.text), record.text  # no years at all
+    for q in questions(summary):
+        if q["kind"] != "fact":
+            continue
+        name = str(q["subject"])
+        naming = [r for r in records if name in r.text and r.id not in _ids(q)]
+        if q["fair"]:
+            # At least the planted mentions name them, each by full name and surname again.
+            named_in = [r for r in naming if r.id.startswith("mention-")]
+            assert len(named_in) == plan.mentions_each, name
+            last = name.split(" ", 1)[1]
+            assert all(r.text.count(last) >= 2 for r in named_in), name
+        else:
+            assert not any(r.id.startswith("mention-") for r in naming), name
+        # Whatever names them and is not listed states nothing about the asked fact.
+        assert not any(str(q["completion"]).strip() in r.text for r in naming), q
+
+
+def test_name_only_bm25_no_longer_finds_the_stating_records_of_fair_subjects(
+    tiny: tuple[DemoSummary, list[Record]],
+) -> None:
+    # A retriever that matches the subject's name alone. Without the mentions it finds every
+    # record stating every fact in its top 10; for fair subjects it now misses ~40% of them
+    # (measured on the demo size: recall 0.52, all of them in the top 10 for 11%). Its
+    # first hit is still a stating record (the encyclopedia entry names the subject in every
+    # sentence), so the hit rate the evaluation calls recall@10 stays 1.0.
+    summary, records = tiny
+    bm25 = BM25Baseline([r.id for r in records], [r.text for r in records])
+
+    def recall_at_10(fair: bool) -> tuple[float, float]:
+        qs = [q for q in questions(summary) if q["kind"] == "fact" and q["fair"] is fair]
+        ranked = bm25.rank([str(q["subject"]) for q in qs], k=10)
+        found = [
+            len(set(top) & _ids(q)) / len(_ids(q)) for q, top in zip(qs, ranked, strict=True)
+        ]
+        everything = [_ids(q) <= set(top) for q, top in zip(qs, ranked, strict=True)]
+        return sum(found) / len(found), sum(everything) / len(everything)
+
+    fair_recall, fair_all = recall_at_10(True)
+    other_recall, other_all = recall_at_10(False)
+    assert other_recall == other_all == 1.0
+    assert fair_recall < 0.75 and fair_all < 0.4
+
+
+def test_paraphrased_questions_are_worded_as_no_record_is(tmp_path: Path) -> None:
+    stmt = generate_demo_corpus(tmp_path / "s.jsonl", size="tiny", seed=2)
+    para = generate_demo_corpus(
+        tmp_path / "p.jsonl", size="tiny", seed=2, question_style="paraphrase"
+    )
+    again = generate_demo_corpus(
+        tmp_path / "q.jsonl", size="tiny", seed=2, question_style="paraphrase"
+    )
+    assert para.questions_path.read_bytes() == again.questions_path.read_bytes()
+    # The corpus does not depend on the question style.
+    assert para.corpus_path.read_bytes() == stmt.corpus_path.read_bytes()
+    texts = [r.text for r in read_corpus(para.corpus_path)]
+    wording = {
+        max((part.strip() for part in t.split("{name}")), key=len)
+        for ts in PARAPHRASE_TEMPLATES.values()
+        for t in ts
+    }
+    assert not any(w in text for w in wording for text in texts)
+    kinds: Counter[str] = Counter()
+    for s, p in zip(questions(stmt), questions(para), strict=True):
+        assert {k: v for k, v in s.items() if k != "prompt"} == {
+            k: v for k, v in p.items() if k != "prompt"
+        }
+        if p["kind"] == "passage":
+            assert p["prompt"] == s["prompt"]
+            continue
+        prompt = str(p["prompt"])
+        assert str(p["subject"]) in prompt and prompt != s["prompt"]
+        assert not any(prompt in text for text in texts), prompt
+        kinds[prompt.split(str(p["subject"]))[0]] += 1
+    assert len(kinds) >= 5  # several wordings, Q/A and declarative
+
+
+def test_unknown_question_style_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown question style"):
+        generate_demo_corpus(tmp_path / "c.jsonl", size="tiny", question_style="quiz")  # type: ignore[arg-type]
