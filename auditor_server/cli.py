@@ -349,7 +349,10 @@ def _index_config(kw: dict[str, Any]) -> Any:
     "--questions",
     type=_path(exists=True, dir_okay=False),
     default=None,
-    help="Evaluate on this question file when the index is built.",
+    help=(
+        "Run the counterfactual check (`validate`, "
+        "on a sample of its questions) on this question file once the index is built."
+    ),
 )
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
@@ -384,7 +387,18 @@ def build(
         f"{result.shards_reused} reused) -> {result.index_dir}\nsnapshot {result.snapshot_id}"
     )
     if questions is not None:
-        _run_evaluation(out, questions, as_json=False, progress=not no_progress, device=device)
+        from auditor_server.attribution.commands import (
+            BUILD_QUESTIONS,
+            VALIDATION_FILE,
+            format_validation,
+            run_validation,
+        )
+
+        validation = run_validation(
+            out, questions, n_questions=BUILD_QUESTIONS, device=device, progress=not no_progress
+        )
+        click.echo(format_validation(validation))
+        click.echo(f"saved to {out / VALIDATION_FILE}")
 
 
 @main.command()
@@ -670,12 +684,14 @@ def serve(
 
 def _register_subcommands() -> None:
     """Commands whose code lives with the package it drives."""
+    from auditor_server.attribution.commands import validate_command
     from auditor_server.ledger.commands import ledger_group
     from auditor_server.security.commands import keys_command, tls_demo_certs_command
 
     main.add_command(keys_command)
     main.add_command(tls_demo_certs_command)
     main.add_command(ledger_group)
+    main.add_command(validate_command)
 
 
 _register_subcommands()
