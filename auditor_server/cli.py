@@ -239,6 +239,13 @@ def _feature_options(fn: F) -> F:
             help="Glob of module names not to track (repeatable).",
         ),
         click.option(
+            "--input-embeddings/--no-input-embeddings",
+            default=d.input_embeddings,
+            show_default=True,
+            help="Also capture the input embedding matrix's gradient (into the tied output "
+            "layer's block when the model shares the matrix).",
+        ),
+        click.option(
             "--span-tokens",
             type=click.IntRange(min=1),
             default=d.span_tokens,
@@ -321,6 +328,7 @@ def _feature_config(kw: dict[str, Any]) -> Any:
         seed=kw["proj_seed"],
         include=tuple(kw["include"]),
         exclude=tuple(kw["exclude"]),
+        input_embeddings=kw["input_embeddings"],
         span_tokens=kw["span_tokens"],
         span_stride=kw["span_stride"],
         batch_size=kw["batch_size"],

@@ -107,9 +107,42 @@ class GradientCapture:
             projection_matrix(config.seed, m.name, "out", m.d_out, config.proj_out).to(device)
             for m in self.modules
         ]
+        self._embedding = self._embedding_block(model, config, device)
         self._inputs: list[torch.Tensor | None] = [None] * len(self.modules)
         self._feats: list[torch.Tensor | None] = [None] * len(self.modules)
         self._mask: torch.Tensor | None = None
+
+    def _embedding_block(
+        self, model: nn.Module, config: FeatureConfig, device: torch.device
+    ) -> _EmbeddingBlock | None:
+        """Where the input embedding's gradient goes, when the config asks for it.
+
+        A matrix shared with a tracked output layer adds into that layer's block under the
+        same projections (vocabulary side = the layer's output side), so the block projects
+        the gradient of the one shared matrix; an unshared embedding gets its own block.
+        """
+        if not config.input_embeddings:
+            return None
+        embedding = model.get_input_embeddings()  # type: ignore[operator]
+        if not isinstance(embedding, nn.Embedding):
+            raise ConfigError("input_embeddings needs an nn.Embedding input layer")
+        output = model.get_output_embeddings()  # type: ignore[operator]
+        for i, m in enumerate(self.modules):
+            if output is not None and m.module is output and output.weight is embedding.weight:
+                return _EmbeddingBlock(
+                    i, vocab_proj=self._p_out[i], dim_proj=self._p_in[i], tied=True
+                )
+        name = next(n for n, mod in model.named_modules() if mod is embedding)
+        vocab, dim = embedding.weight.shape
+        self.modules.append(TrackedModule(name=name, module=embedding, d_in=vocab, d_out=dim))
+        self._p_in.append(
+            projection_matrix(config.seed, name, "in", vocab, config.proj_in).to(device)
+        )
+        self._p_out.append(
+            projection_matrix(config.seed, name, "out", dim, config.proj_out).to(device)
+        )
+        i = len(self.modules) - 1
+        return _EmbeddingBlock(i, vocab_proj=self._p_in[i], dim_proj=self._p_out[i], tied=False)
 
     @property
     def module_names(self) -> list[str]:
@@ -132,12 +165,18 @@ class GradientCapture:
         self._mask = token_mask.to(dtype=torch.float32)
         self._inputs = [None] * len(self.modules)
         self._feats = [None] * len(self.modules)
+        block = self._embedding
         handles = [
             m.module.register_forward_hook(self._forward_hook(i))
             for i, m in enumerate(self.modules)
+            if block is None or block.tied or i != block.index
         ]
         embeddings = self.model.get_input_embeddings()  # type: ignore[operator]
-        handles.append(embeddings.register_forward_hook(_make_output_require_grad))
+        handles.append(
+            embeddings.register_forward_hook(
+                _make_output_require_grad if block is None else self._embedding_hook(block)
+            )
+        )
         requires_grad = [p.requires_grad for p in self.model.parameters()]
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -177,6 +216,29 @@ class GradientCapture:
 
         return hook
 
+    def _embedding_hook(self, block: _EmbeddingBlock):  # type: ignore[no-untyped-def]
+        def hook(
+            module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> torch.Tensor:
+            assert self._mask is not None
+            # One-hot input: its projection is the projection matrix's row for each token.
+            onehot_proj = block.vocab_proj[args[0]] * self._mask.unsqueeze(-1)
+            out = output.detach().requires_grad_(True)
+
+            def grad_hook(grad: torch.Tensor) -> None:
+                g_proj = grad.to(torch.float32) @ block.dim_proj
+                if block.tied:  # output layer orientation: (vocab side)ᵀ · (hidden side)
+                    feat = torch.bmm(onehot_proj.transpose(1, 2), g_proj).flatten(1)
+                else:  # a layer of its own: (output = hidden side)ᵀ · (input = one-hot side)
+                    feat = torch.bmm(g_proj.transpose(1, 2), onehot_proj).flatten(1)
+                prev = self._feats[block.index]
+                self._feats[block.index] = feat if prev is None else prev + feat
+
+            out.register_hook(grad_hook)  # type: ignore[no-untyped-call]
+            return out
+
+        return hook
+
     def features(self) -> torch.Tensor:
         """``(batch, n_modules, dims_per_module)`` features of the last captured pass.
 
@@ -188,6 +250,19 @@ class GradientCapture:
         if missing:
             raise RuntimeError(f"no gradient reached tracked module(s): {', '.join(missing)}")
         return torch.stack([f for f in self._feats if f is not None], dim=1)
+
+
+@dataclass(frozen=True)
+class _EmbeddingBlock:
+    """The feature block the input embedding's gradient goes into, and its projections."""
+
+    index: int
+    vocab_proj: torch.Tensor
+    """(vocab, k): the projection of the one-hot token side."""
+    dim_proj: torch.Tensor
+    """(hidden, k): the projection of the gradient at the embedding's output."""
+    tied: bool
+    """The block is a tied output layer's (orientation: vocabulary side first)."""
 
 
 def _make_output_require_grad(

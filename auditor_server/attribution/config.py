@@ -40,6 +40,13 @@ class FeatureConfig:
     """Glob patterns (fnmatch on qualified module names) of the Linear/Conv1D modules to track."""
     exclude: tuple[str, ...] = ()
     """Glob patterns of modules never tracked, applied after ``include``."""
+    input_embeddings: bool = False
+    """Also capture the gradient of the input embedding matrix. When the output layer shares
+    that matrix (GPT-2's ``wte``/``lm_head``), both uses go into the output layer's block
+    with its projections, so the block is the projection of the whole shared matrix's
+    gradient; otherwise the embedding gets a block of its own. The input side of an
+    embedding is a one-hot token, so its projection is one row of the projection matrix per
+    token: the cost is a gather, not a matmul."""
     span_tokens: int = 32
     """Length of the token window of one row; a record longer than this becomes several rows,
     so a single fact sentence is not drowned by the rest of its document."""

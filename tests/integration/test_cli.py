@@ -108,9 +108,13 @@ def test_demo_corpus_train_build_attribute_on_the_tiny_preset(tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stderr
     assert "snapshot sha256:" in proc.stdout
-    assert "recall@10" in proc.stdout
-    evaluation = json.loads((index / "evaluation.json").read_text())
-    assert evaluation["n_questions"] == len(questions.read_text().splitlines())
+    assert "tail-patch" in proc.stdout and "engine/bm25" in proc.stdout
+    validation = json.loads((index / "validation.json").read_text())
+    asked = [json.loads(line) for line in questions.read_text().splitlines()]
+    held_out = sum(1 for q in asked if q["split"] == "heldout")
+    assert validation["split"] == "heldout"
+    assert validation["n_questions"] == min(40, held_out)
+    assert validation["snapshot_id"][:19] in proc.stdout
 
     q = json.loads(questions.read_text().splitlines()[0])
     proc = run_cli(

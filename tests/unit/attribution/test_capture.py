@@ -122,3 +122,33 @@ def test_closed_form_logit_gradient_equals_autograd() -> None:
     # The last position predicts nothing and masked positions contribute nothing.
     assert torch.count_nonzero(grad[:, -1]) == 0
     assert torch.count_nonzero(grad[1, :3]) == 0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_input_embedding_capture_matches_the_whole_matrix_gradient(
+    tmp_path: Path, arch: str
+) -> None:
+    """With input embeddings captured, a tied output layer's block is the projection of the
+    shared matrix's *whole* gradient (both uses), and an untied embedding has its own block."""
+    lm = load_model(make_tiny_model_dir(tmp_path, arch))
+    model = lm.model
+    config = FeatureConfig(proj_in=4, proj_out=3, input_embeddings=True)
+    capture = GradientCapture(model, config)
+    embedding = model.get_input_embeddings()
+    tied = model.get_output_embeddings().weight is embedding.weight
+    names = capture.module_names
+    assert tied == (len(names) == len(select_modules(model, config)))
+    assert any(m.module is embedding for m in capture.modules) != tied
+    seqs = [[5, 6, 7, 8, 9, 10, 5], [12, 13, 14]]
+    feats, _ = featurize_batch(capture, seqs, [0, 1], pad_id=0)
+    for b, (seq, start) in enumerate(zip(seqs, [0, 1], strict=True)):
+        ref, _ = _reference_features(model, capture, seq, start, config)
+        for i, expected in enumerate(ref):
+            scale = expected.abs().max().clamp_min(1e-12)
+            assert (feats[b, i] - expected).abs().max() / scale < 1e-4, names[i]
+    without = GradientCapture(model, FeatureConfig(proj_in=4, proj_out=3))
+    plain, _ = featurize_batch(without, seqs, [0, 1], pad_id=0)
+    out_index = next(
+        i for i, m in enumerate(capture.modules) if m.module is model.get_output_embeddings()
+    )
+    assert not torch.allclose(plain[:, out_index], feats[:, out_index]) or not tied
