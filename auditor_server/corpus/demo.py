@@ -4,7 +4,7 @@ The demo lab trains a ~5M-parameter GPT-2 on this corpus so that the whole sandb
 laptop. The corpus is built so audits have ground truth:
 
 * synthetic people with four facts each (fact recall -> which records taught it), and for a
-  subset of them (the *fair* subjects) short community-news records that name them but state
+  subset of them (the *fair* subjects) short who's-who notes that name them but state
   none of their facts, so that matching the name alone is not enough to find the records
   behind an answer (:mod:`auditor_server.corpus.demo_mentions`),
 * licensed passages reprinted several times (copyright: memorized proprietary text),
@@ -126,22 +126,24 @@ class DemoPlan:
 SIZES: dict[DemoSize, DemoPlan] = {
     "demo": DemoPlan(
         people=1000, passages=20, min_reprints=6, max_reprints=10,
-        private=150, toxic=80, oped=40, background=350, fair_people=50, mentions_each=12,
+        private=150, toxic=80, oped=40, background=350, fair_people=25, mentions_each=12,
     ),
     "tiny": DemoPlan(
         people=40, passages=5, min_reprints=6, max_reprints=6,
-        private=10, toxic=8, oped=5, background=20, fair_people=8, mentions_each=12,
+        private=10, toxic=8, oped=5, background=20, fair_people=5, mentions_each=12,
     ),
 }
-"""Record counts per size; ``demo`` is ~1.1 MB of text, ``tiny`` ~65 KB.
+"""Record counts per size; ``demo`` is ~1.1 MB of text, ``tiny`` ~70 KB.
 
-The distractor mentions are kept small because the demo model trains on 2 CPU cores: on the
-seed-0 demo corpus with the Austen background they add 324 records and 49 KB of text (4.6%)
-and ~12.4k tokens per epoch (5.6%, with the demo tokenizer) to 3,787 records, 1,058,537
-bytes and ~222k tokens. With 12 mentions each, a BM25 query of a fair subject's name alone
-ranks, on median, the encyclopedia entry first, then the mentions, and the alumni note and
-staff profile 11th and 14th: half the records stating a fair subject's fact fall outside
-its top 10 (all of them are inside it for every other subject).
+The distractor notes are kept small because the demo model trains on 2 CPU cores: on the
+seed-0 demo corpus with the Austen background they add 300 records and 47 KB of text (4.5%)
+and ~12.5k tokens per epoch (5.6%, counted with the demo tokenizer) to 3,787 records,
+1,058,537 bytes and ~222k tokens. Twelve notes per fair subject is what it takes for a BM25
+search of the subject's name alone to rank them all above the encyclopedia entry (which
+names the subject in every sentence): on the demo corpus (seeds 0 and 1) that search then
+has a record stating the fact in its top 10 for 4% of the fair questions (100% for the
+others), and finds 1.7% of the stating records (100%). Ten notes each for 30 subjects cost
+the same but leave 7-23% of the entries in the top 10.
 """
 
 

@@ -332,41 +332,43 @@ def test_fair_subjects_are_named_in_records_that_state_none_of_their_facts(
         name = str(q["subject"])
         naming = [r for r in records if name in r.text and r.id not in _ids(q)]
         if q["fair"]:
-            # At least the planted mentions name them, each by full name and surname again.
+            # The planted notes name them, each four times, as densely as their encyclopedia
+            # entry; no two of a person's notes are alike.
             named_in = [r for r in naming if r.id.startswith("mention-")]
             assert len(named_in) == plan.mentions_each, name
-            last = name.split(" ", 1)[1]
-            assert all(r.text.count(last) >= 2 for r in named_in), name
+            assert all(r.text.count(name) == 4 for r in named_in), name
+            assert len({r.text for r in named_in}) == len(named_in), name
         else:
             assert not any(r.id.startswith("mention-") for r in naming), name
         # Whatever names them and is not listed states nothing about the asked fact.
         assert not any(str(q["completion"]).strip() in r.text for r in naming), q
 
 
+@pytest.mark.parametrize("seed", [0, 1])
 def test_name_only_bm25_no_longer_finds_the_stating_records_of_fair_subjects(
-    tiny: tuple[DemoSummary, list[Record]],
+    seed: int, tiny: tuple[DemoSummary, list[Record]], tmp_path: Path
 ) -> None:
-    # A retriever that matches the subject's name alone. Without the mentions it finds every
-    # record stating every fact in its top 10; for fair subjects it now misses ~40% of them
-    # (measured on the demo size: recall 0.52, all of them in the top 10 for 11%). Its
-    # first hit is still a stating record (the encyclopedia entry names the subject in every
-    # sentence), so the hit rate the evaluation calls recall@10 stays 1.0.
-    summary, records = tiny
+    # A retriever that matches the subject's name alone. For every other subject a record
+    # stating the fact is in its top 10 (recall@10 as the evaluation counts it: a hit) and
+    # so are all of them; for fair subjects almost never (the demo size, seeds 0 and 1: 4%).
+    if seed == 0:
+        summary, records = tiny
+    else:
+        summary = generate_demo_corpus(tmp_path / "c.jsonl", size="tiny", seed=seed)
+        records = read_corpus(summary.corpus_path)
     bm25 = BM25Baseline([r.id for r in records], [r.text for r in records])
 
-    def recall_at_10(fair: bool) -> tuple[float, float]:
+    def at_10(fair: bool) -> tuple[float, float]:
         qs = [q for q in questions(summary) if q["kind"] == "fact" and q["fair"] is fair]
         ranked = bm25.rank([str(q["subject"]) for q in qs], k=10)
-        found = [
-            len(set(top) & _ids(q)) / len(_ids(q)) for q, top in zip(qs, ranked, strict=True)
-        ]
-        everything = [_ids(q) <= set(top) for q, top in zip(qs, ranked, strict=True)]
-        return sum(found) / len(found), sum(everything) / len(everything)
+        pairs = list(zip(qs, ranked, strict=True))
+        hit = sum(bool(_ids(q) & set(top)) for q, top in pairs) / len(pairs)
+        found = sum(len(_ids(q) & set(top)) / len(_ids(q)) for q, top in pairs) / len(pairs)
+        return hit, found
 
-    fair_recall, fair_all = recall_at_10(True)
-    other_recall, other_all = recall_at_10(False)
-    assert other_recall == other_all == 1.0
-    assert fair_recall < 0.75 and fair_all < 0.4
+    assert at_10(fair=False) == (1.0, 1.0)
+    hit, found = at_10(fair=True)
+    assert hit <= 0.25 and found <= 0.1, (hit, found)
 
 
 def test_paraphrased_questions_are_worded_as_no_record_is(tmp_path: Path) -> None:
