@@ -14,12 +14,14 @@ from typing import Any
 
 import click
 
+from auditor_server.attribution import layout
 from auditor_server.attribution.config import TAIL_PATCH_SGD_LR as DEFAULT_SGD_LR
 from auditor_server.attribution.config import TAIL_PATCH_TOP_K as DEFAULT_TOP_K
 
 __all__ = ["run_validation", "validate_command"]
 
-VALIDATION_FILE = "validation.json"
+VALIDATION_FILE = layout.VALIDATION
+"""Kept under this name for the commands that print where the result went."""
 BUILD_QUESTIONS = 40
 """Questions the check after a build uses: enough for intervals that separate the engine
 from random and lexical retrieval, cheap next to the build (docs/benchmarks.md)."""

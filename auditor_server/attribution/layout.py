@@ -10,6 +10,10 @@ VECTORS = "vectors.f16.npy"
 FAISS_INDEX = "index.faiss"
 MANIFEST = "manifest.json"
 EVALUATION = "evaluation.json"
+#: The counterfactual check (``auditor-server validate``, ``build --questions``): the lab
+#: serves it, signed, as the index's evaluation certificate in GetPolicy answers, but only
+#: while its ``snapshot_id`` is the index's own.
+VALIDATION = "validation.json"
 #: The withheld-text guard (``auditor_server.policy.guard``): shingle hashes per data class,
 #: their hash key and ``guard.json``. Lab side only, like the catalog; the names of the files
 #: inside are the guard module's (``MANIFEST_FILE``, ``KEY_FILE``, ``<data_class>.npy``).

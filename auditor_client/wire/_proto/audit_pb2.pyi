@@ -128,7 +128,7 @@ class GetPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetPolicyResponse(_message.Message):
-    __slots__ = ("policy_hash", "role", "disclosure", "methods", "max_top_k", "daily_queries", "max_new_tokens", "withheld_budget", "generate_proprietary")
+    __slots__ = ("policy_hash", "role", "disclosure", "methods", "max_top_k", "daily_queries", "max_new_tokens", "withheld_budget", "generate_proprietary", "evaluation")
     class DisclosureEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class GetPolicyResponse(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WITHHELD_BUDGET_FIELD_NUMBER: _ClassVar[int]
     GENERATE_PROPRIETARY_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     policy_hash: str
     role: str
     disclosure: _containers.ScalarMap[str, str]
@@ -154,7 +155,46 @@ class GetPolicyResponse(_message.Message):
     max_new_tokens: int
     withheld_budget: int
     generate_proprietary: str
-    def __init__(self, policy_hash: _Optional[str] = ..., role: _Optional[str] = ..., disclosure: _Optional[_Mapping[str, str]] = ..., methods: _Optional[_Iterable[str]] = ..., max_top_k: _Optional[int] = ..., daily_queries: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., withheld_budget: _Optional[int] = ..., generate_proprietary: _Optional[str] = ...) -> None: ...
+    evaluation: EvaluationCertificate
+    def __init__(self, policy_hash: _Optional[str] = ..., role: _Optional[str] = ..., disclosure: _Optional[_Mapping[str, str]] = ..., methods: _Optional[_Iterable[str]] = ..., max_top_k: _Optional[int] = ..., daily_queries: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., withheld_budget: _Optional[int] = ..., generate_proprietary: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationCertificate, _Mapping]] = ...) -> None: ...
+
+class EvaluationHeadline(_message.Message):
+    __slots__ = ("name", "step", "mean", "ci_low", "ci_high", "recall_at_k", "n")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    RECALL_AT_K_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    step: str
+    mean: float
+    ci_low: float
+    ci_high: float
+    recall_at_k: float
+    n: int
+    def __init__(self, name: _Optional[str] = ..., step: _Optional[str] = ..., mean: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., recall_at_k: _Optional[float] = ..., n: _Optional[int] = ...) -> None: ...
+
+class EvaluationCertificate(_message.Message):
+    __slots__ = ("snapshot_id", "measure", "questions_sha256", "n_questions", "split", "top_k", "headlines", "result_json")
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    QUESTIONS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    N_QUESTIONS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    HEADLINES_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    measure: str
+    questions_sha256: str
+    n_questions: int
+    split: str
+    top_k: int
+    headlines: _containers.RepeatedCompositeFieldContainer[EvaluationHeadline]
+    result_json: str
+    def __init__(self, snapshot_id: _Optional[str] = ..., measure: _Optional[str] = ..., questions_sha256: _Optional[str] = ..., n_questions: _Optional[int] = ..., split: _Optional[str] = ..., top_k: _Optional[int] = ..., headlines: _Optional[_Iterable[_Union[EvaluationHeadline, _Mapping]]] = ..., result_json: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompt", "max_new_tokens", "temperature", "seed")
