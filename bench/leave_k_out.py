@@ -401,7 +401,7 @@ def print_summary(result: dict[str, Any]) -> None:
                 f"{r['planted_removed']}/{r['planted_total']}",
                 f"{r['recall@k']:.2f}",
                 f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]",
-                _fmt(r["control_drop"]),
+                f"{_fmt(r['control_drop'])} n={r['control_drop']['n']}",
                 _fmt(r["net_drop"]),
                 ""
                 if not ratio or ratio["ratio"] is None
