@@ -19,6 +19,7 @@ from auditor_client.client import AUDITOR_ID_FILE, AuditorClient, Verified
 from auditor_client.cliutil import AuditorGroup, with_client
 from auditor_client.keys import generate_keypair
 from auditor_client.wire._proto import audit_pb2 as pb
+from auditor_client.wire.evaluation import Evaluation
 
 
 @click.group(cls=AuditorGroup)
@@ -95,6 +96,82 @@ def attribute(
         if r.text:
             click.echo(f"       {r.span_text or r.text}"[:200])
     _print_provenance(verified)
+
+
+@main.command()
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the typed certificate and the lab's result."
+)
+@with_client
+def evaluation(client: AuditorClient, as_json: bool) -> None:
+    """How right are the lab's attributions? Its signed evaluation certificate.
+
+    The lab's own counterfactual check of the index it serves (one training step on each
+    method's top records, and how far that raises the model's answer), carried in its
+    signed GetPolicy answer and checked against that answer's snapshot before printing.
+    """
+    verified = client.get_policy()
+    found = verified.evaluation()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "evaluation": None if found is None else _evaluation_dict(found),
+                    **_as_dict(verified),
+                },
+                indent=2,
+            )
+        )
+        return
+    if found is None:
+        click.echo(
+            f"the lab serves no evaluation certificate for snapshot {verified.body.snapshot_id}"
+        )
+    else:
+        for line in evaluation_lines(found):
+            click.echo(line)
+    _print_provenance(verified)
+
+
+def _evaluation_dict(found: Evaluation) -> dict[str, Any]:
+    return {
+        "snapshot_id": found.snapshot_id,
+        "measure": found.measure,
+        "questions_sha256": found.questions_sha256,
+        "n_questions": found.n_questions,
+        "split": found.split,
+        "top_k": found.top_k,
+        "headlines": [vars(h) for h in found.headlines],
+        "result": found.result,
+    }
+
+
+def evaluation_lines(found: Evaluation) -> list[str]:
+    """A person's view of a certificate: each method's mean with its interval, the ratios."""
+    lines = [
+        f"{found.measure} on {found.n_questions} {found.split} questions (top {found.top_k}); "
+        f"questions {found.questions_sha256}",
+        f"{'method':<9} {'step':<5} {'mean':>9}  {'95% interval':<21} {'n':>4}  recall@k",
+    ]
+    for h in found.headlines:
+        interval = (
+            f"[{h.ci_low:+.4f}, {h.ci_high:+.4f}]"
+            if h.ci_low is not None and h.ci_high is not None
+            else "–"
+        )
+        mean = f"{h.mean:+.4f}" if h.mean is not None else "n/a"
+        recall = f"{h.recall_at_k:.3f}" if h.recall_at_k is not None else "–"
+        lines.append(f"{h.name:<9} {h.step:<5} {mean:>9}  {interval:<21} {h.n:>4}  {recall:>8}")
+    for r in found.ratios:
+        if r.ratio is None:
+            continue
+        interval = (
+            f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+            if r.ci_low is not None and r.ci_high is not None
+            else ""
+        )
+        lines.append(f"{r.pair:<16} {r.step:<5} ratio {r.ratio:+.2f}{interval}")
+    return lines
 
 
 def _label(r: pb.AttributionResult) -> str:

@@ -11,6 +11,10 @@ we already hold with another root raises
 :class:`~auditor_client.wire.errors.SplitViewError` at once, and :meth:`AuditorClient.check_heads`
 proves with the lab that every stored head is a prefix of its newest one.
 
+A ``GetPolicy`` answer may carry the lab's *evaluation certificate* (its own signed
+measurement of how right its attributions are): :meth:`AuditorClient.get_policy` checks it
+too, and :meth:`Verified.evaluation` returns it typed.
+
 The only retry is on ``UNAVAILABLE`` (the request most likely never reached the service),
 with exponential backoff and a *newly signed* envelope each time, so a retry can never be
 mistaken for a replay.
@@ -37,7 +41,20 @@ from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire._proto import audit_pb2_grpc
 from auditor_client.wire.envelope import sign_request, signed_request_digest
 from auditor_client.wire.errors import BindingError, MalformedResponseError
+from auditor_client.wire.evaluation import Evaluation, read_certificate
 from auditor_client.wire.receipts import verify_answer
+
+__all__ = [
+    "AuditorClient",
+    "Evaluation",
+    "TLSConfig",
+    "VerbatimEvidence",
+    "VerbatimSourceView",
+    "Verified",
+    "read_auditor_id",
+    "refusal_from_error",
+    "verbatim_evidence",
+]
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 LEDGER_TRAILER = "x-ledger-leaf"
@@ -112,6 +129,24 @@ class Verified:
         return verbatim_evidence(
             self.body.attribute, item.prompt + item.completion, prompt_chars=len(item.prompt)
         )
+
+    def evaluation(self) -> Evaluation | None:
+        """The lab's evaluation certificate in a GetPolicy answer, checked; None if the lab
+        served none (its index has no measurement for the snapshot it serves).
+
+        The certificate must vouch for this answer's signed ``snapshot_id``, and its typed
+        fields must say exactly what its ``result_json`` says (see
+        :func:`~auditor_client.wire.evaluation.read_certificate`).
+
+        Raises:
+            ValueError: this is not a GetPolicy answer.
+            MalformedResponseError: the certificate fails a check.
+        """
+        if self.body.WhichOneof("result") != "policy":
+            raise ValueError("only GetPolicy answers carry an evaluation certificate")
+        if not self.body.policy.HasField("evaluation"):
+            return None
+        return read_certificate(self.body.policy.evaluation, snapshot_id=self.body.snapshot_id)
 
 
 @dataclass(frozen=True)
@@ -307,7 +342,15 @@ class AuditorClient:
         return self._call("WhoAmI", pb.WhoAmIRequest())
 
     def get_policy(self) -> Verified:
-        return self._call("GetPolicy", pb.GetPolicyRequest())
+        """The role's policy, and the lab's evaluation certificate when it serves one.
+
+        Raises:
+            MalformedResponseError: the certificate contradicts itself or the answer (a
+                signed answer that fails a check is never returned, like any other).
+        """
+        verified = self._call("GetPolicy", pb.GetPolicyRequest())
+        verified.evaluation()
+        return verified
 
     def generate(
         self, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0

@@ -29,11 +29,18 @@ Attribute answers carry verbatim evidence beside the gradient results
 (:mod:`auditor_server.attribution.verbatim`): the spans of the auditor's own text found word
 for word in records of the classes the role may see, each record disclosed at the role's
 level for its class. Withheld classes are not searched at all.
+
+GetPolicy answers carry the index's *evaluation certificate*
+(:mod:`auditor_client.wire.evaluation`): the lab's counterfactual check of its own
+attributions, ``INDEX_DIR/validation.json``, signed and logged with the answer. It is read
+when the service opens and again on SIGHUP, and served only while it measured this very
+snapshot; a stale or unreadable file is logged and left out, never fatal.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import threading
@@ -52,6 +59,7 @@ from google.protobuf.message import Message
 from auditor_client.wire import digests
 from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.envelope import sign_response
+from auditor_client.wire.evaluation import MAX_RESULT_BYTES, certificate_from_result
 from auditor_client.wire.receipts import answer_status
 from auditor_server.attribution import layout
 from auditor_server.attribution.verbatim import (
@@ -286,11 +294,19 @@ class AuditService:
         clock: Callable[[], int] = _now_ms,
         defences: Defences | None = None,
         verbatim: VerbatimIndex | None = None,
+        evaluation_path: Path | None = None,
     ) -> None:
         self.engine = engine
         self.verbatim = verbatim
         """Verbatim evidence for Attribute answers; None: the index has none (answers say
         ``verbatim_searched: false``)."""
+        self.evaluation_path = (
+            evaluation_path if evaluation_path is not None else _default_evaluation_path(engine)
+        )
+        """Where the evaluation certificate is read from (default ``INDEX_DIR/validation.json``
+        of the engine's index; None: an engine with no index directory serves none)."""
+        self._evaluation: pb.EvaluationCertificate | None = None
+        self.reload_evaluation()
         self._policy = policy
         self.policy_path = policy_path
         self.lab_key = lab_key
@@ -334,6 +350,7 @@ class AuditService:
         state_dir: Path,
         defences: Defences | None = None,
         verbatim_dir: Path | None = None,
+        evaluation_path: Path | None = None,
     ) -> AuditService:
         """A service over ``engine`` keeping its durable state in ``state_dir``.
 
@@ -341,6 +358,8 @@ class AuditService:
         directory across restarts, or the replay window and the quotas start afresh. The
         verbatim index is opened from ``verbatim_dir`` (default: the engine's
         ``INDEX_DIR/verbatim``); an index built before verbatim evidence serves without it.
+        The evaluation certificate is read from ``evaluation_path`` (default: the engine's
+        ``INDEX_DIR/validation.json``); an index without one serves GetPolicy without it.
         """
         state_dir.mkdir(parents=True, exist_ok=True)
         paths = StatePaths(state_dir)
@@ -357,6 +376,7 @@ class AuditService:
             quota=QuotaStore.open(paths.quota),
             defences=defences,
             verbatim=verbatim,
+            evaluation_path=evaluation_path,
         )
 
     def close(self) -> None:
@@ -376,9 +396,14 @@ class AuditService:
     def reload_policy(self) -> bool:
         """Re-read the policy file; keep serving the old one if the new one is invalid.
 
+        SIGHUP calls this, so the evaluation certificate is read again first (a lab that
+        ran ``auditor-server validate`` while serving publishes the result with ``kill -HUP``),
+        whatever becomes of the policy.
+
         Returns:
             Whether the new policy is now in force.
         """
+        self.reload_evaluation()
         if self.policy_path is None:
             return False
         try:
@@ -390,6 +415,27 @@ class AuditService:
         self.unauthenticated.max_failures = new.limits.unauthenticated_per_minute
         logger.warning("policy reloaded: %s -> %s", old.policy_hash, new.policy_hash)
         return True
+
+    # --- evaluation certificate -------------------------------------------------------------
+
+    @property
+    def evaluation(self) -> pb.EvaluationCertificate | None:
+        """The certificate GetPolicy answers carry now, or None."""
+        return self._evaluation
+
+    def reload_evaluation(self) -> bool:
+        """Read the evaluation certificate again (see :func:`load_evaluation`).
+
+        Returns:
+            Whether a certificate is now served.
+        """
+        if self.evaluation_path is None:
+            self._evaluation = None
+            return False
+        self._evaluation = load_evaluation(
+            self.evaluation_path, snapshot_id=self.engine.snapshot_id
+        )
+        return self._evaluation is not None
 
     # --- entry points -----------------------------------------------------------------------
 
@@ -604,7 +650,7 @@ class AuditService:
         self, v: VerifiedRequest, _: Message, policy: Policy, __: _Call
     ) -> tuple[str, Message]:
         role = policy.role(v.role)
-        return "policy", pb.GetPolicyResponse(
+        answer = pb.GetPolicyResponse(
             policy_hash=policy.policy_hash,
             role=v.role,
             disclosure={c: policy.disclosure_for(v.role, c) for c in DATA_CLASSES},
@@ -615,6 +661,10 @@ class AuditService:
             withheld_budget=role.withheld_budget,
             generate_proprietary=role.generate_proprietary,
         )
+        evaluation = self._evaluation  # one read: a SIGHUP may swap it meanwhile
+        if evaluation is not None:
+            answer.evaluation.CopyFrom(evaluation)
+        return "policy", answer
 
     def _do_Generate(  # noqa: N802
         self, v: VerifiedRequest, req: Message, policy: Policy, call: _Call
@@ -985,6 +1035,55 @@ def _open_verbatim(engine: Engine, directory: Path | None) -> VerbatimIndex | No
             return None
         directory = Path(index_dir) / layout.VERBATIM
     return open_for_serving(directory, corpus_id=str(engine.catalog.manifest_hash))
+
+
+def _default_evaluation_path(engine: Engine) -> Path | None:
+    """``INDEX_DIR/validation.json`` of the engine's index (a test double may have none)."""
+    index_dir = getattr(engine, "index_dir", None)
+    return Path(index_dir) / layout.VALIDATION if index_dir is not None else None
+
+
+def load_evaluation(path: Path, *, snapshot_id: str) -> pb.EvaluationCertificate | None:
+    """The evaluation certificate to serve for the index ``snapshot_id``, or None.
+
+    None, logged, when the file is absent (an index validated never, or before
+    certificates), unreadable, not the JSON object ``auditor-server validate`` writes
+    (:func:`~auditor_client.wire.evaluation.certificate_from_result`), larger than
+    :data:`~auditor_client.wire.evaluation.MAX_RESULT_BYTES`, or measured on another
+    snapshot: a certificate vouches for one index, and an index rebuilt (other model,
+    corpus, features or preconditioner) after its check was run must not be served under
+    the old one's numbers. Never raises: a bad certificate costs the lab its certificate,
+    not its service.
+    """
+    try:
+        size = path.stat().st_size
+        if size > 4 * MAX_RESULT_BYTES:  # pretty-printed JSON is larger than canonical
+            raise ValueError(f"{size} bytes, more than a certificate may hold")
+        result = json.loads(path.read_bytes().decode("utf-8"))
+        certificate = certificate_from_result(result)
+    except FileNotFoundError:
+        logger.info("no evaluation certificate: %s does not exist", path)
+        return None
+    except (OSError, ValueError, RecursionError) as exc:  # JSON and certificate errors too
+        logger.error("serving no evaluation certificate: %s is unusable: %s", path, exc)
+        return None
+    if certificate.snapshot_id != snapshot_id:
+        logger.warning(
+            "serving no evaluation certificate: %s measured snapshot %s, but the index "
+            "served is %s (run `auditor-server validate` on this index)",
+            path,
+            certificate.snapshot_id,
+            snapshot_id,
+        )
+        return None
+    logger.info(
+        "evaluation certificate: %s on %d %s questions (%s)",
+        certificate.measure,
+        certificate.n_questions,
+        certificate.split,
+        path,
+    )
+    return certificate
 
 
 def generic_handler(service: AuditService) -> grpc.GenericRpcHandler:
