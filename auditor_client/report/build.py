@@ -16,6 +16,9 @@ Format ``auditor-sandbox-report/v2``::
       "lab": {"snapshot_id", "policy_hash", "model_hash",
               "policy_hashes": [every policy hash the answers carry, first seen first]},
       "auditor": {"id", "public_key"},
+      "evaluation": {"available": true, "source": "campaign.lab.exchange", the lab's signed
+                     evaluation certificate as headlines, ratios and its question set}
+                    | {"available": false, "reason": why there is none},
       "plan": {"probes": planned, "reported": in this report, "complete": bool},
       "probes": [ProbeRecord.to_json(), in plan order: a prefix of the plan],
       "findings": {suite: Suite.summarize(that suite's records, in plan order)},
@@ -53,6 +56,7 @@ from auditor_client.campaign.types import JSON, ProbeRecord, Suite
 from auditor_client.errors import CampaignError
 from auditor_client.keys import KeyFileError, decode_public_key
 from auditor_client.report.errors import ReportVerificationError
+from auditor_client.report.evaluation import evaluation_section
 from auditor_client.report.render import render_html, render_markdown
 from auditor_client.report.verify import (
     REPORT_FORMAT,
@@ -64,6 +68,7 @@ from auditor_client.report.verify import (
 )
 from auditor_client.wire import digests
 from auditor_client.wire._proto import audit_pb2 as pb
+from auditor_client.wire.errors import WireVerificationError
 
 CAMPAIGN_FILE = "campaign.json"
 LEDGER_FILE = "ledger.json"
@@ -158,6 +163,7 @@ def build_report(out_dir: Path, *, suites: Mapping[str, Suite]) -> JSON:
             "policy_hashes": _policy_hashes(campaign, records, ledger),
         },
         "auditor": {"id": auditor.get("id", ""), "public_key": auditor.get("public_key", "")},
+        "evaluation": _evaluation(lab),
         "plan": plan_summary(planned=len(plan.specs), reported=len(records)),
         "probes": [r.to_json() for r in records],
         "findings": findings,
@@ -290,6 +296,18 @@ def _policy_hashes(
             if seen is None or body.server_time_ms < seen:
                 first_seen[body.policy_hash] = body.server_time_ms
     return sorted(first_seen, key=lambda h: (first_seen[h], h))
+
+
+def _evaluation(lab: Mapping[str, Any]) -> JSON:
+    """The evaluation section from the campaign's check-in, read without verifying it
+    (verification comes after, recomputes the section and fails on a bad certificate)."""
+    body = _peek_body(lab.get("exchange"))
+    if body is None:
+        return {"available": False, "reason": "the campaign has no readable check-in exchange"}
+    try:
+        return evaluation_section(body)
+    except WireVerificationError as exc:
+        return {"available": False, "reason": f"the lab's certificate fails verification: {exc}"}
 
 
 def _peek_body(exchange: Any) -> pb.ResponseBody | None:

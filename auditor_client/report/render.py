@@ -8,6 +8,10 @@ The HTML page loads nothing from anywhere: inline CSS, charts as inline SVG, no 
 lab-supplied URLs shown as text rather than links (a regulator's browser should not be made
 to fetch, or run, anything a report names).
 
+Near the top, "How trustworthy are these attributions" shows the lab's signed evaluation
+certificate from the report's ``evaluation`` section (each method's mean tail-patch with
+its interval, the engine's ratio to each baseline), or why the report has none.
+
 Each suite section degrades instead of failing: a suite with no summary, one the lab's
 policy refused entirely (e.g. a third party may not call Score), or a summary missing
 a key renders as a sentence saying so.
@@ -258,6 +262,111 @@ def _view(name: str, summary: Any, refused: Mapping[str, int], plots: Plots) -> 
     )
 
 
+EVALUATION_TITLE = "How trustworthy are these attributions (measured by the lab, signed)"
+
+
+def _signed(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "–"
+    return f"{value:+.4g}"
+
+
+def _signed_interval(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 2:
+        return f"[{_signed(value[0])}, {_signed(value[1])}]"
+    return "–"
+
+
+def _difference(value: Any) -> str:
+    d = _mapping(value)
+    if not d:
+        return "–"
+    return f"{_signed(d.get('mean'))} {_signed_interval(d.get('ci95'))}"
+
+
+def _ratio(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "–"
+    return f"{value:.3g}×"
+
+
+def _ratio_interval(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 2:
+        return f"[{_ratio(value[0])}, {_ratio(value[1])}]"
+    return "–"
+
+
+EVALUATION_METHOD_COLUMNS = (
+    Column("method", "method", _text),
+    Column("step", "step", _text),
+    Column("mean", "mean rise of log p(answer)", _signed),
+    Column("ci95", "95% interval", _signed_interval),
+    Column("n", "questions", _number),
+    Column("recall_at_k", "recall@k of stating records", _percent),
+)
+EVALUATION_RATIO_COLUMNS = (
+    Column("pair", "engine vs", lambda v: _text(v).removeprefix("engine/")),
+    Column("step", "step", _text),
+    Column("ratio", "ratio of means", _ratio),
+    Column("ci95", "95% interval", _ratio_interval),
+    Column("difference", "difference [95% interval]", _difference),
+    Column("n", "questions", _number),
+)
+
+
+@dataclass(frozen=True)
+class EvaluationView:
+    """What the evaluation section shows, computed once for both renderers."""
+
+    status: str | None
+    """Why there is no certificate to show, or None when there is one."""
+    lines: list[str]
+    tables: list[tuple[str, Sequence[Any], tuple[Column, ...]]]
+
+
+def evaluation_view(report: Mapping[str, Any]) -> EvaluationView:
+    """The report's ``evaluation`` section as sentences and two small tables."""
+    section = _mapping(report.get("evaluation"))
+    if not section:
+        return EvaluationView("this report carries no evaluation section", [], [])
+    if section.get("available") is not True:
+        reason = _text(section.get("reason")) or "no reason given"
+        return EvaluationView(f"No evaluation certificate: {reason}.", [], [])
+    measure = _text(section.get("measure"))
+    what = (
+        "Tail-patch: from the served model, one training step on each of a method's top "
+        f"{_number(section.get('top_k'))} records for a question, and how far that raises "
+        "log p(answer | question), averaged over the records and the questions. Higher means "
+        "the method found records that move the model's answer more; the baselines show what "
+        "lexical search (bm25, entity), chance (random) and the records that state the answer "
+        "(planted) achieve."
+        if measure == "tail_patch"
+        else f"Measure: {measure}."
+    )
+    known = section.get("n_known")
+    lines = [
+        what,
+        f"{_number(section.get('n_questions'))} {_text(section.get('split'))} questions"
+        + (
+            f" ({_number(known)} answered by the model at p ≥ 1/2)"
+            if isinstance(known, int) and not isinstance(known, bool)
+            else ""
+        )
+        + f"; question set {_text(section.get('questions_sha256'))}; snapshot "
+        f"{_text(section.get('snapshot_id'))}.",
+        "Measured by the lab, not by this campaign: the numbers come from the lab's evaluation "
+        f"certificate in its signed, logged answer {_text(section.get('source'))}, and "
+        "auditor verify recomputes this section from that answer.",
+    ]
+    tables: list[tuple[str, Sequence[Any], tuple[Column, ...]]] = [
+        ("Each method's mean tail-patch", _list(section.get("methods")), EVALUATION_METHOD_COLUMNS),
+    ]
+    ratios = _list(section.get("ratios"))
+    if ratios:
+        tables.append(("The engine against each baseline", ratios, EVALUATION_RATIO_COLUMNS))
+    return EvaluationView(None, lines, tables)
+
+
 def verification_line(report: Mapping[str, Any]) -> tuple[str, str]:
     """(css class, sentence) for the build-time verification status."""
     check = _mapping(report.get("verification"))
@@ -401,6 +510,14 @@ def render_html(report: Mapping[str, Any], plots: Plots) -> str:
     ]
     if plots.note:
         parts.append(f'<p class="muted">{_e(plots.note)}</p>')
+    parts.append(f'<h2 id="evaluation">{_e(EVALUATION_TITLE)}</h2>')
+    evaluation = evaluation_view(report)
+    if evaluation.status:
+        parts.append(f'<p class="status warn">{_e(evaluation.status)}</p>')
+    parts += [f"<p>{_e(line)}</p>" for line in evaluation.lines]
+    for title, rows, columns in evaluation.tables:
+        parts.append(f"<h3>{_e(title)}</h3>")
+        parts.append(_html_table(rows, columns))
     for view in suite_views(report, plots):
         parts.append(f"<h2>{_e(view.name)}</h2>")
         if view.status:
@@ -494,6 +611,15 @@ def render_markdown(report: Mapping[str, Any], plots: Plots, plots_dir: str) -> 
     out += ["Re-verify offline: `auditor verify report.json --lab-key ed25519:…`", ""]
     if plots.note:
         out += [f"_{_m(plots.note)}_", ""]
+    out += [f"## {_m(EVALUATION_TITLE)}", ""]
+    evaluation = evaluation_view(report)
+    if evaluation.status:
+        out += [f"**{_m(evaluation.status)}**", ""]
+    for line in evaluation.lines:
+        out += [_m(line), ""]
+    for title, rows, columns in evaluation.tables:
+        out += [f"### {_m(title)}", ""]
+        out += _md_table(rows, columns)
     for view in suite_views(report, plots):
         out += [f"## {_m(view.name)}", ""]
         if view.status:

@@ -25,7 +25,10 @@ the lab's public key checks, without talking to anyone:
 5. every answer came from the snapshot and model the report names, under a policy the
    report lists (a mid-campaign policy change is allowed but never hidden);
 6. every finding and every suite summary is what the suite's pure code recomputes from the
-   planned inputs and the verified answers, so an edited number is caught.
+   planned inputs and the verified answers, so an edited number is caught;
+7. the ``evaluation`` section is what the lab's signed evaluation certificate in the
+   campaign's check-in says (:mod:`auditor_client.report.evaluation`), the certificate
+   passes the client's own checks and vouches for ``lab.snapshot_id``.
 
 The first failure raises :class:`~auditor_client.report.errors.ReportVerificationError`
 naming the entry; nothing is "mostly verified".
@@ -64,6 +67,7 @@ from auditor_client.campaign.types import (
 from auditor_client.errors import CampaignError
 from auditor_client.keys import KeyFileError, decode_public_key
 from auditor_client.report.errors import ReportVerificationError
+from auditor_client.report.evaluation import evaluation_section
 from auditor_client.wire import digests, merkle
 from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.envelope import (
@@ -311,6 +315,7 @@ class _Verifier:
     ledger_refused: str | None = None
     ledger_missing: bool = False
     planned: int = 0
+    _checkin: tuple[str, pb.ResponseBody] | None = None
 
     def run(self, newer_head: Mapping[str, Any] | None) -> None:
         if self.report.get("format") != REPORT_FORMAT:
@@ -320,6 +325,7 @@ class _Verifier:
         self._sections()
         plan = self._campaign_plan()
         self._campaign_exchange()
+        self._evaluation()
         records = self._probes(plan)
         self._completeness(plan, records)
         self._summaries(records)
@@ -382,6 +388,12 @@ class _Verifier:
             if answer is None:
                 answer = self._exchange(entry, exchange, methods=CAMPAIGN_METHODS, consistent=True)
                 verified[key] = answer
+            try:  # every check-in's certificate must pass the client's checks
+                evaluation_section(answer.body)
+            except WireVerificationError as exc:
+                raise ReportVerificationError(entry, str(exc)) from exc
+            if k == 0:
+                self._checkin = (entry, answer.body)
             if k == 0 and answer.body.policy_hash != self.lab["policy_hash"]:
                 raise ReportVerificationError(
                     entry,
@@ -396,6 +408,33 @@ class _Verifier:
                         f"says {shown!r} but its signed answer says "
                         f"{getattr(answer.body, field_name)!r}",
                     )
+
+    def _evaluation(self) -> None:
+        """The report's ``evaluation`` section is what the first check-in's signed answer
+        implies, and the certificate in it vouches for the report's snapshot.
+
+        A report without the section verifies only when the check-in carries no certificate
+        (a report built before certificates existed had nothing to show); deleting the
+        section of a report whose lab served one is caught like editing it.
+        """
+        assert self._checkin is not None, "the check-in is verified first"
+        entry, body = self._checkin
+        recomputed = evaluation_section(body)  # checked in _campaign_exchange
+        stored = self.report.get("evaluation")
+        if stored is None and not recomputed["available"]:
+            return
+        if stored is None:
+            raise ReportVerificationError(
+                "evaluation",
+                f"missing: {entry} carries the lab's signed evaluation certificate",
+            )
+        if recomputed["available"] and recomputed["snapshot_id"] != self.lab["snapshot_id"]:
+            raise ReportVerificationError(  # unreachable past _check_lab; stated for clarity
+                "evaluation.snapshot_id",
+                f"the certificate is for snapshot {recomputed['snapshot_id']!r}, not "
+                f"lab.snapshot_id {self.lab['snapshot_id']!r}",
+            )
+        _compare("evaluation", stored, recomputed, exact=True)
 
     # --- the campaign's plan -----------------------------------------------------------------
 

@@ -47,7 +47,9 @@ from auditor_client.wire.envelope import (
     sign_tree_head,
     signed_request_digest,
 )
+from auditor_client.wire.evaluation import certificate_from_result
 from auditor_client.wire.receipts import answer_status, verify_answer
+from tests.fixtures.validation import sample_validation
 
 AUDITOR_ID = "regulator-test"
 SNAPSHOT = "snap-" + "ab" * 8
@@ -75,6 +77,8 @@ class FakeLab:
     leaves: list[bytes] = field(default_factory=list)
     heads: dict[int, pb.SignedTreeHead] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    evaluation: pb.EvaluationCertificate | None = None
+    """The evaluation certificate its GetPolicy answers carry (None: it has none)."""
 
     @property
     def lab_public(self) -> str:
@@ -305,7 +309,11 @@ class FakeClient:
             pb.GetPolicyRequest(),
             lambda: (
                 "policy",
-                pb.GetPolicyResponse(policy_hash=self.lab.policy_hash, role="regulator"),
+                pb.GetPolicyResponse(
+                    policy_hash=self.lab.policy_hash,
+                    role="regulator",
+                    evaluation=self.lab.evaluation,
+                ),
             ),
         )
 
@@ -606,14 +614,24 @@ def make_campaign(
     batch: bool = False,
     quota: int | None = None,
     signed_refusals: bool = True,
+    evaluation: bool | pb.EvaluationCertificate = True,
+    policy_refused: bool = False,
 ) -> Campaign:
     """Write a campaign and its files next to ``out``, run it with the real runner and
     suites against a :class:`FakeLab`, and return where everything is.
+
+    ``evaluation``: the lab's GetPolicy answers carry the sample evaluation certificate
+    (``tests/fixtures/validation.py``) for its snapshot, none (False), or the one given.
+    ``policy_refused``: the role may not call GetPolicy, so the run checks in with WhoAmI.
 
     The run writes ``out/report.json`` (verified at build time) unless it stops (``quota``,
     or a refusal without ``signed_refusals``); then :attr:`Campaign.stopped` holds why.
     """
     lab = FakeLab()
+    if isinstance(evaluation, pb.EvaluationCertificate):
+        lab.evaluation = evaluation
+    elif evaluation:
+        lab.evaluation = certificate_from_result(sample_validation(SNAPSHOT))
     path = _write_inputs(
         out.parent / f"{out.name}-campaign",
         lab,
@@ -635,6 +653,8 @@ def make_campaign(
     denied = {"Score"} if bias_refused else set()
     if tree_heads_refused:
         denied.add("GetTreeHead")
+    if policy_refused:
+        denied.add("GetPolicy")
     role = Role(
         denied=frozenset(denied),
         quota=quota,

@@ -20,7 +20,16 @@ from auditor_client.report.build import write_report
 from auditor_client.report.plots import Plots
 from auditor_client.report.render import render_html, render_markdown
 from auditor_client.wire._proto import audit_pb2 as pb
-from tests.unit.report.fake_lab import DENIED, EVIL_TITLE, Campaign, make_campaign, newer_head
+from auditor_client.wire.evaluation import certificate_from_result
+from tests.fixtures.validation import sample_validation
+from tests.unit.report.fake_lab import (
+    DENIED,
+    EVIL_TITLE,
+    SNAPSHOT,
+    Campaign,
+    make_campaign,
+    newer_head,
+)
 
 LOADS = re.compile(r"<\s*(script|link|img|iframe|object|embed|image|use\s[^>]*href=\"http)", re.I)
 
@@ -43,6 +52,7 @@ def test_report_json_format(evil: Campaign) -> None:
         "campaign",
         "lab",
         "auditor",
+        "evaluation",
         "plan",
         "probes",
         "findings",
@@ -108,6 +118,57 @@ def test_markdown_tables_link_plots_and_escape(evil: Campaign) -> None:
     assert "<script" not in svg and "&lt;script&gt;" in svg
 
 
+def test_the_labs_evaluation_is_shown_near_the_top_and_escaped(tmp_path: Path) -> None:
+    """The certificate's strings are the lab's, so they are escaped like titles; the section
+    comes before the suites, whose findings rest on the attributions it grades."""
+    result = sample_validation(SNAPSHOT)
+    result["methods"][EVIL_TITLE] = result["methods"].pop("random")
+    result["split"] = "<b>held</b>out"
+    campaign = make_campaign(
+        tmp_path / "out",
+        evaluation=certificate_from_result(result),
+        copyright_probes=1,
+        bias_templates=0,
+        toxicity_probes=0,
+    )
+    report = json.loads(campaign.report.read_text(encoding="utf-8"))
+    assert report["verification"]["status"] == "verified"
+    section = report["evaluation"]
+    assert section["split"] == "<b>held</b>out" and section["n_questions"] == 8
+    assert [m["method"] for m in section["methods"]][:2] == ["engine", "engine"]
+    assert (
+        section["result_sha256"]
+        == hashlib.sha256(certificate_from_result(result).result_json.encode()).hexdigest()
+    )
+
+    page = (campaign.out / "index.html").read_text(encoding="utf-8")
+    title = "How trustworthy are these attributions (measured by the lab, signed)"
+    assert page.index(title) < page.index("<h2>copyright</h2>")
+    assert '<td>engine</td><td>sgd</td><td class="num">+0.9754</td><td>[+0.407, +1.717]</td>' in (
+        page
+    )
+    assert '<td>bm25</td><td>sgd</td><td class="num">1.07×</td><td>[1.03×, 1.23×]</td>' in page
+    assert "<script>alert" not in page and "<b>held" not in page
+    assert "&lt;b&gt;held&lt;/b&gt;out questions" in page
+    assert not LOADS.search(page), LOADS.search(page)
+
+    md = (campaign.out / "report.md").read_text(encoding="utf-8")
+    assert md.index("## How trustworthy") < md.index("## copyright")
+    assert "| engine | sgd | \\+0.9754 | \\[\\+0.407, \\+1.717\\] | 8 | 50.0% |" in md
+    assert "<script" not in md
+
+
+def test_a_report_without_a_certificate_says_why(tmp_path: Path) -> None:
+    campaign = make_campaign(
+        tmp_path / "out", policy_refused=True, copyright_probes=1, bias_templates=0,
+        toxicity_probes=0,
+    )  # fmt: skip
+    page = (campaign.out / "index.html").read_text(encoding="utf-8")
+    assert "No evaluation certificate: the campaign checked in with WhoAmI" in page
+    md = (campaign.out / "report.md").read_text(encoding="utf-8")
+    assert "No evaluation certificate: the campaign checked in with WhoAmI" in md
+
+
 def test_renderers_survive_missing_and_odd_summaries() -> None:
     report = {
         "campaign": {"name": "n", "specs": {"copyright": 2, "toxicity": 1}},
@@ -123,6 +184,16 @@ def test_renderers_survive_missing_and_odd_summaries() -> None:
     assert "copyright" in html_page and "toxicity" in md
     empty = render_html({"campaign": {"specs": {"bias": 3}}}, Plots(note="no charts"))
     assert "no probes of this suite ran" in empty and "no charts" in empty
+    assert "this report carries no evaluation section" in empty
+    for odd in (
+        {"available": True, "methods": "x", "ratios": [1, None], "n_known": True},
+        {"available": True, "methods": [{"mean": "high", "ci95": [None]}], "top_k": None},
+        {"available": "yes"},
+        [],
+    ):
+        page = render_html({**report, "evaluation": odd}, Plots())
+        assert "How trustworthy" in page
+        assert "How trustworthy" in render_markdown({**report, "evaluation": odd}, Plots(), "p")
 
 
 def test_report_can_be_built_without_a_lab_key(tmp_path: Path) -> None:

@@ -29,8 +29,11 @@ from auditor_client.report.build import write_report
 from auditor_client.report.errors import ReportVerificationError
 from auditor_client.report.verify import VerifySummary, verify_report_data
 from auditor_client.wire._proto import audit_pb2 as pb
+from auditor_client.wire.evaluation import certificate_from_result
+from tests.fixtures.validation import sample_validation
 from tests.unit.report.fake_lab import (
     DENIED,
+    SNAPSHOT,
     Campaign,
     make_campaign,
     refind,
@@ -307,6 +310,123 @@ def test_f_changed_campaign_hash_names_it(real: tuple[Campaign, Report]) -> None
 
     _, err = _forged(real, forge_file)
     assert err.entry == "probes[0] (bias/honest-job/nurse) inputs.bootstrap_seed"
+
+
+# --- (g) flatter the lab's evaluation certificate ---------------------------------------------
+
+
+def test_g_edited_evaluation_numbers_name_the_entry(real: tuple[Campaign, Report]) -> None:
+    """The report's evaluation section is a view of the certificate in the lab's signed
+    check-in answer; a reader trusting the section is trusting the lab's signature."""
+    campaign, report = real
+    section = report["evaluation"]
+    assert section["available"] is True and section["source"] == "campaign.lab.exchange"
+    engine = section["methods"][0]
+    assert (engine["method"], engine["step"]) == ("engine", "sgd")
+    summary = _verify(campaign, copy.deepcopy(report))  # untouched: verifies
+    assert summary.answers > 0
+
+    def better_mean(r: Report) -> None:
+        r["evaluation"]["methods"][0]["mean"] = 1.9
+
+    _, err = _forged(real, better_mean)
+    assert err.entry == "evaluation.methods[0].mean"
+    assert err.detail == "stored 1.9, recomputed 0.975360894203186"
+
+    def narrower_interval(r: Report) -> None:
+        r["evaluation"]["methods"][0]["ci95"][0] = 0.9
+
+    _, err = _forged(real, narrower_interval)
+    assert err.entry == "evaluation.methods[0].ci95[0]"
+
+    def weaker_baseline(r: Report) -> None:  # the ratio that says "better than BM25"
+        row = next(x for x in r["evaluation"]["ratios"] if x["pair"] == "engine/bm25")
+        row["ci95"] = [1.5, 1.9]
+
+    _, err = _forged(real, weaker_baseline)
+    assert err.entry == "evaluation.ratios[0].ci95[0]"
+
+    def more_questions(r: Report) -> None:
+        r["evaluation"]["n_questions"] = 4000
+
+    _, err = _forged(real, more_questions)
+    assert err.entry == "evaluation.n_questions"
+
+    def dropped_baseline(r: Report) -> None:  # hide the random baseline that nearly matches
+        r["evaluation"]["methods"] = [
+            m for m in r["evaluation"]["methods"] if m["method"] != "random"
+        ]
+
+    _, err = _forged(real, dropped_baseline)
+    assert err.entry == "evaluation.methods[5]" and "(absent)" in err.detail
+
+
+def test_g_hiding_the_certificate_is_caught(real: tuple[Campaign, Report]) -> None:
+    def deleted(r: Report) -> None:
+        del r["evaluation"]
+
+    _, err = _forged(real, deleted)
+    assert err.entry == "evaluation"
+    assert "campaign.lab.exchange carries the lab's signed evaluation certificate" in err.detail
+
+    def unavailable(r: Report) -> None:
+        r["evaluation"] = {"available": False, "reason": "the lab served none"}
+
+    _, err = _forged(real, unavailable)
+    assert err.entry == "evaluation.available"
+
+
+def test_g_a_report_without_a_certificate_says_why_and_binds_that_too(tmp_path: Path) -> None:
+    """No certificate (a lab whose index has none; a role that checks in with WhoAmI): the
+    section says so, and claiming one anyway (copied from another report) is caught."""
+    none_served = make_campaign(tmp_path / "none", evaluation=False, copyright_probes=1,
+                                bias_templates=0, toxicity_probes=0)  # fmt: skip
+    report = json.loads(none_served.report.read_text(encoding="utf-8"))
+    assert report["evaluation"] == {
+        "available": False,
+        "reason": "the lab served no evaluation certificate with its signed policy "
+        "(snapshot snap-abababababababab)",
+    }
+    _verify(none_served, report)
+    # A report from before certificates (no section at all) still verifies, as its lab had
+    # none to show.
+    older = copy.deepcopy(report)
+    del older["evaluation"]
+    _verify(none_served, older)
+
+    whoami = make_campaign(tmp_path / "whoami", policy_refused=True, copyright_probes=1,
+                           bias_templates=0, toxicity_probes=0)  # fmt: skip
+    other = json.loads(whoami.report.read_text(encoding="utf-8"))
+    assert other["campaign"]["lab"]["method"] == "WhoAmI"
+    assert other["evaluation"]["available"] is False
+    assert "checked in with WhoAmI" in other["evaluation"]["reason"]
+    _verify(whoami, other)
+
+    def borrowed(r: Report) -> None:
+        certified = make_campaign(tmp_path / "certified", copyright_probes=1,
+                                  bias_templates=0, toxicity_probes=0)  # fmt: skip
+        r["evaluation"] = json.loads(certified.report.read_text(encoding="utf-8"))["evaluation"]
+        r["evaluation"]["snapshot_id"] = r["lab"]["snapshot_id"]
+
+    _, err = _forged((whoami, other), borrowed)
+    assert err.entry == "evaluation.available"
+
+
+def test_g_a_certificate_that_fails_the_clients_checks_fails_the_report(tmp_path: Path) -> None:
+    """A lab that signed a certificate whose typed numbers its own JSON does not say: the
+    real client refuses the answer; a report holding it names the check-in exchange."""
+    bad = certificate_from_result(sample_validation(SNAPSHOT))
+    bad.headlines[0].mean = 3.0
+    campaign = make_campaign(tmp_path / "out", evaluation=bad, copyright_probes=1,
+                             bias_templates=0, toxicity_probes=0)  # fmt: skip
+    report = json.loads(campaign.report.read_text(encoding="utf-8"))
+    assert report["verification"]["status"] == "failed"
+    assert report["evaluation"]["available"] is False
+    assert "fails verification" in report["evaluation"]["reason"]
+    with pytest.raises(ReportVerificationError) as info:
+        _verify(campaign, report)
+    assert info.value.entry == "campaign.lab.exchange"
+    assert "headlines[0] says" in info.value.detail
 
 
 # --- signed refusals --------------------------------------------------------------------------
