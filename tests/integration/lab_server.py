@@ -191,8 +191,12 @@ class Lab:
             return result
 
 
-def build_lab(root: Path) -> Lab:
-    """Corpus, tiny model, index, lab key, auditor keys, policy and registry under ``root``."""
+def build_lab(root: Path, *, validate: bool = False) -> Lab:
+    """Corpus, tiny model, index, lab key, auditor keys, policy and registry under ``root``.
+
+    ``validate``: also run the counterfactual check (8 questions, a few seconds), so the
+    index has a ``validation.json`` and the server signs an evaluation certificate.
+    """
     from auditor_server.attribution.build import build_index
     from auditor_server.attribution.config import FeatureConfig
     from auditor_server.corpus.demo import generate_demo_corpus
@@ -208,6 +212,10 @@ def build_lab(root: Path) -> Lab:
         feature_config=FeatureConfig(proj_in=4, proj_out=4, span_tokens=24, span_stride=12),
         progress=False,
     )
+    if validate:
+        from auditor_server.attribution.commands import run_validation
+
+        run_validation(index, summary.questions_path, n_questions=8, progress=False)
     lab_key_dir = root / "lab-key"
     out = subprocess.run(
         cli("keys", "--out", str(lab_key_dir)), capture_output=True, text=True, env=env()

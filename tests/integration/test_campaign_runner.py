@@ -118,7 +118,8 @@ main(args, prog_name="auditor")
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    return build_lab(tmp_path_factory.mktemp("campaign-lab"))
+    """A validated lab: its GetPolicy answers carry a real evaluation certificate."""
+    return build_lab(tmp_path_factory.mktemp("campaign-lab"), validate=True)
 
 
 @pytest.fixture()
@@ -240,6 +241,24 @@ def test_full_run_checkpoints_every_probe_and_proves_the_ledger(
 
     ledger = check_ledger_file(out, lab)
     assert summary.consistency_proofs == len(ledger["consistency"]) >= 1
+    # The check-in carried the lab's real, signed measurement of its index; the report
+    # shows it and verifies it.
+    validation = json.loads((lab.index / "validation.json").read_text())
+    write_report(out, lab_public_key=lab.lab_public, suites=FAKES)
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["status"] == "verified", report["verification"]
+    section = report["evaluation"]
+    assert section["available"] is True
+    assert section["snapshot_id"] == validation["snapshot_id"] == state["lab"]["snapshot_id"]
+    assert section["questions_sha256"] == validation["questions_sha256"]
+    assert (section["split"], section["n_questions"]) == ("heldout", 8)
+    engine = section["methods"][0]
+    assert (engine["method"], engine["mean"]) == (
+        "engine",
+        validation["methods"]["engine"]["sgd"]["mean"],
+    )
+    assert {r["pair"] for r in section["ratios"]} >= {"engine/bm25", "engine/random"}
+    assert "How trustworthy are these attributions" in (out / "index.html").read_text()
     # The auditor's head store now holds every head the run saw, each proven to be a prefix
     # of the final one: a later run (or another auditor) is checked against all of them.
     from auditor_client.headstore import HeadStore
@@ -313,6 +332,9 @@ def test_policy_refusals_are_recorded_and_the_run_goes_on(
     assert report["verification"]["status"] == "verified", report["verification"]
     assert report["verification"]["refused_probes"] == 2
     assert report["verification"]["ledger_refused"] == "PERMISSION_DENIED"
+    # The lab has a certificate, but this role's WhoAmI check-in cannot carry it.
+    assert report["evaluation"]["available"] is False
+    assert "checked in with WhoAmI" in report["evaluation"]["reason"]
     summary = verify_report_data(report, lab_public_key=lab.lab_public, suites=FAKES)
     assert summary.planned == summary.probes == 4
     # Marking an answered probe refused is caught: it holds no signed refusal.

@@ -28,6 +28,8 @@ from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.envelope import sign_request, signed_request_digest
 from auditor_client.wire.errors import WireVerificationError
 from auditor_client.wire.receipts import verify_answer
+from auditor_server.attribution import layout
+from tests.fixtures.validation import sample_validation
 from tests.integration.lab_server import (
     Lab,
     attribute_body,
@@ -624,6 +626,34 @@ def test_policy_reload_on_sighup(lab: Lab) -> None:
         assert _wait_for(lambda: client.whoami().body.policy_hash, lambda h: h == old_hash)
 
 
+def test_sighup_publishes_a_new_evaluation_certificate(lab: Lab) -> None:
+    """The lab validates its index while serving, then ``kill -HUP``: GetPolicy answers
+    carry the certificate from then on; one measured on another index is never served."""
+    assert lab.process is not None
+    path = lab.index / layout.VALIDATION
+    snapshot = str(lab.listening["snapshot_id"])
+
+    def certified() -> str:
+        with lab.client() as client:
+            found = client.get_policy().evaluation()
+        return "" if found is None else found.snapshot_id
+
+    try:
+        assert certified() == ""
+        path.write_text(json.dumps(sample_validation("sha256:" + "00" * 32)))
+        lab.process.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert certified() == ""  # stale: logged, not served
+        path.write_text(json.dumps(sample_validation(snapshot)))
+        lab.process.send_signal(signal.SIGHUP)
+        assert _wait_for(certified, lambda s: s == snapshot) == snapshot
+    finally:
+        path.unlink(missing_ok=True)
+        lab.process.send_signal(signal.SIGHUP)
+    assert _wait_for(certified, lambda s: s == "") == ""
+    assert any("measured snapshot sha256:0000" in line for line in lab.stderr_lines)
+
+
 def _wait_for(get: Callable[[], str], ok: Callable[[str], bool], timeout: float = 10) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -707,7 +737,11 @@ def test_generate_score_and_batch_answers(lab: Lab) -> None:
         assert [b.body.item_index for b in batch] == [0, 1]
         # A batch item's answer equals the single query's answer.
         assert batch[0].body.attribute == single
-        policy = client.get_policy().body.policy
+        answer = client.get_policy()
+        policy = answer.body.policy
+        # This index was built without --questions: no validation.json, no certificate, and
+        # GetPolicy is answered all the same.
+        assert not policy.HasField("evaluation") and answer.evaluation() is None
         assert policy.disclosure["private"] == "none"
         assert policy.disclosure["proprietary"] == "source_metadata"
         assert policy.withheld_budget == 20 and policy.generate_proprietary == "allow"
