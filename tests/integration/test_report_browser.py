@@ -240,7 +240,13 @@ def test_report_renders_with_charts_and_loads_nothing(browser: Any, campaign: Ca
         assert status.is_visible()
         assert "verified at build time" in status.inner_text()
         sections = page.locator("h2").all_inner_texts()
-        assert sections == ["copyright", "bias", "toxicity", "Probes"]
+        assert sections == [
+            "How trustworthy are these attributions (measured by the lab, signed)",
+            "copyright",
+            "bias",
+            "toxicity",
+            "Probes",
+        ]
         probes = len(list((campaign.out / "probes").rglob("*.json")))
         assert page.locator("table").last.locator("tbody tr").count() == probes
 
