@@ -18,9 +18,9 @@ Measured on the demo corpus (seed 0, synthetic background: 3,787 records, ~1.07 
   slightly better per epoch (15% vs. 13% after 12 epochs at 2e-3), so two layers with more
   epochs win in a fixed time. Passages (6-10 reprints each) are memorized by every setting.
 * With the real background text (``scripts/fetch_background.sh``: Austen and the Devil's
-  Dictionary, ~222k tokens/epoch) the same ``demo`` preset recalls far fewer facts: 948 of
+  Dictionary, ~221k tokens/epoch) the same ``demo`` preset recalls far fewer facts: 948 of
   4,000 (23.7%) on that corpus, 917 (22.9%) on the corpus with the fair-fact notes (4,087
-  records, ~235k tokens/epoch); 20 of 20 passages either way (2026-12-01, shared machine:
+  records, ~230k tokens/epoch); 20 of 20 passages either way (2026-12-01, shared machine:
   26-29 min of training under other jobs' load).
 
 This module imports nothing heavy, so CLIs can list presets without importing torch.
