@@ -274,19 +274,23 @@ def headlines_from_result(result: Mapping[str, Any]) -> list[Headline]:
 
 
 def ratios_from_result(result: Mapping[str, Any]) -> list[RatioRow]:
-    """The engine's ratio to each baseline per step (pairs by name, ``sgd`` first); none
-    when the result has no ``ratios``.
+    """The engine's ratio to each baseline per step (pairs by name; steps as for the
+    headlines, and only the step kinds ``steps`` names, so other keys may be added beside
+    them); none when the result has no ``ratios``.
 
     Raises:
-        CertificateError: ``ratios`` present but malformed.
+        CertificateError: ``steps`` missing, or ``ratios`` present but malformed.
     """
     if result.get("ratios") is None:
         return []
+    steps = _ordered(_object(result.get("steps"), "steps"), FIRST_STEP)
     ratios = _object(result["ratios"], "ratios")
     out: list[RatioRow] = []
     for pair in sorted(ratios):
         per_step = _object(ratios[pair], f"ratios.{pair}")
-        for step in _ordered(per_step, FIRST_STEP):
+        for step in steps:
+            if step not in per_step:
+                continue
             where = f"ratios.{pair}.{step}"
             row = _object(per_step[step], where)
             low, high = _interval(row.get("ci95"), f"{where}.ci95")

@@ -136,6 +136,15 @@ def test_result_json_edited_under_the_typed_fields_is_refused() -> None:
         "reference": "Chang et al. 2024",
     }
 
+    # Keys added later beside the step blocks (per method or per ratio) are carried, not read.
+    def additions(r: dict[str, Any]) -> None:
+        r["methods"]["engine"]["leave_k_out"] = {"drop": 0.3}
+        r["ratios"]["engine/bm25"]["note"] = "paired bootstrap"
+
+    found = read_certificate(_tampered_json(additions), snapshot_id=SNAPSHOT)
+    assert found.result["ratios"]["engine/bm25"]["note"] == "paired bootstrap"
+    assert len(found.headlines) == 6 and len(found.ratios) == 4
+
 
 def test_result_json_must_be_a_canonical_json_object() -> None:
     cert = _cert()
