@@ -282,9 +282,10 @@ def _index_options(fn: F) -> F:
     opts = [
         click.option(
             "--preconditioner",
-            type=click.Choice(["gn", "identity"]),
+            type=click.Choice(["empirical_fisher", "identity", "gn"]),
             default=d.preconditioner,
             show_default=True,
+            help="gn is the former name of empirical_fisher (same matrix).",
         ),
         click.option(
             "--damping",
@@ -313,6 +314,21 @@ def _index_options(fn: F) -> F:
             help="IVF cells (0: about 4*sqrt(rows)).",
         ),
         click.option("--nprobe", type=click.IntRange(min=1), default=d.nprobe, show_default=True),
+        click.option(
+            "--record-score",
+            type=click.Choice(["mean", "max"]),
+            default=d.record_score,
+            show_default=True,
+            help="A record's score: the mean or the best of its windows' scores.",
+        ),
+        click.option(
+            "--lexical-candidates",
+            type=click.IntRange(min=0),
+            default=d.lexical_candidates,
+            show_default=True,
+            help="BM25 candidates per query that gradients re-rank (0: search the gradient "
+            "index alone).",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -346,6 +362,8 @@ def _index_config(kw: dict[str, Any]) -> Any:
         index=kw["index_kind"],
         nlist=kw["nlist"],
         nprobe=kw["nprobe"],
+        record_score=kw["record_score"],
+        lexical_candidates=kw["lexical_candidates"],
     )
 
 

@@ -16,8 +16,9 @@ from typing import Any, Literal, TypeVar
 
 from auditor_server.errors import ConfigError
 
-PreconditionerKind = Literal["identity", "gn"]
+PreconditionerKind = Literal["identity", "empirical_fisher", "gn"]
 Normalization = Literal["cosine", "dot"]
+RecordScore = Literal["max", "mean"]
 IndexKind = Literal["exact", "ivf-sq", "ivf-pq", "pq-fs"]
 
 TAIL_PATCH_TOP_K = 10
@@ -95,9 +96,12 @@ class FeatureConfig:
 class IndexConfig:
     """How stored rows are compared with a query."""
 
-    preconditioner: PreconditionerKind = "gn"
-    """``gn``: damped projected Gauss-Newton/Fisher, one block per module, applied as F^-1/2 so
-    that directions common to many examples (shared by every sentence) count less;
+    preconditioner: PreconditionerKind = "empirical_fisher"
+    """``empirical_fisher``: the damped second moment of the stored (projected) per-row
+    gradients, computed with the training labels, one block per module, applied as F^-1/2 so
+    that directions common to many examples (shared by every sentence) count less.
+    ``gn`` is its former name (it was never the Gauss-Newton matrix, whose expectation is
+    over labels sampled from the model); indexes built with it keep their snapshot id.
     ``identity``: raw projected gradients."""
     damping: float = 0.1
     """Damping of each Fisher block, relative to the block's mean eigenvalue."""
@@ -119,12 +123,27 @@ class IndexConfig:
     for ``pq-fs`` (0 picks dims/4, i.e. dims/8 bytes a row)."""
     rerank: int = 10
     """For approximate kinds: fetch top_k*rerank candidates, then re-score them exactly."""
+    record_score: RecordScore = "mean"
+    """How a record's windows make its score: ``mean`` of its windows' scores (the gradient
+    of a record's mean token loss is the mean of its parts, and that is what one training
+    step on the record follows), or ``max``: its best window's (the rule before issue 9).
+    Measured on the demo (40 questions, SGD tail-patch of the top 10): mean 0.65 vs max
+    0.62 alone, 0.79 vs 0.70 with lexical candidates."""
+    lexical_candidates: int = 100
+    """Records a BM25 search over the visible classes proposes for each query; the gradient
+    scores re-rank them (``0``: rank the whole gradient index instead). Lexical retrieval
+    finds the records that share the question's words, and the gradient says which of them
+    moved the answer: on the demo the gradient index alone reaches a tail-patch of 0.65,
+    BM25's own order 0.12, and BM25's top 100 re-ranked by gradient 0.79 (40 held-out
+    questions; adding the gradient index's own top candidates lowers it: they are mostly
+    projection noise). When BM25 proposes fewer than ``top_k`` records the gradient index
+    fills in."""
     exclude_private_from_fit: bool = True
     """Fit the preconditioner (and IVF quantizers) on non-private rows only, so that no answer
     about other data depends on private records being in the store."""
 
     def __post_init__(self) -> None:
-        if self.preconditioner not in ("identity", "gn"):
+        if self.preconditioner not in ("identity", "empirical_fisher", "gn"):
             raise ConfigError(f"index config: unknown preconditioner {self.preconditioner!r}")
         if self.normalization not in ("cosine", "dot"):
             raise ConfigError(f"index config: unknown normalization {self.normalization!r}")
@@ -132,6 +151,10 @@ class IndexConfig:
             raise ConfigError(f"index config: unknown index kind {self.index!r}")
         if not self.damping > 0:
             raise ConfigError(f"index config: damping must be > 0, got {self.damping}")
+        if self.record_score not in ("max", "mean"):
+            raise ConfigError(f"index config: unknown record_score {self.record_score!r}")
+        if self.lexical_candidates < 0:
+            raise ConfigError("index config: lexical_candidates must be >= 0")
         if self.nlist < 0 or self.nprobe < 1 or self.rerank < 1 or self.pq_m < 0:
             raise ConfigError("index config: nlist/pq_m must be >= 0, nprobe/rerank >= 1")
 
@@ -141,8 +164,16 @@ class IndexConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IndexConfig:
-        """Rebuild from :meth:`to_dict` output, rejecting unknown keys."""
-        return _from_dict(cls, data)
+        """Rebuild from :meth:`to_dict` output, rejecting unknown keys.
+
+        Keys an older index's manifest lacks take the behaviour that index was built and
+        measured with, not today's defaults: a snapshot id must keep meaning one ranking.
+        """
+        return _from_dict(cls, {**LEGACY_INDEX_OPTIONS, **data})
+
+
+LEGACY_INDEX_OPTIONS: dict[str, Any] = {"record_score": "max", "lexical_candidates": 0}
+"""What an index config written before these options existed meant by leaving them out."""
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,8 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from auditor_server.attribution.config import TAIL_PATCH_SGD_LR, TAIL_PATCH_TOP_K
-from auditor_server.attribution.evaluate import BM25Baseline, Question
+from auditor_server.attribution.evaluate import Question
+from auditor_server.attribution.lexical import BM25Baseline
 from auditor_server.errors import InputError
 from auditor_server.model.generation import adds_bos, score_many
 from auditor_server.model.loading import LoadedModel

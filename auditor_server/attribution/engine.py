@@ -2,14 +2,18 @@
 
 A query is the gradient of log p(completion | prompt), captured, projected and preconditioned
 exactly like the stored rows, then matched against them by inner product. Rows are windows,
-answers are records: each record is scored by its best window, and the answer says which
-window that was and how much each tracked module contributed to the score.
+answers are records: a record's score is the mean (or, for indexes built before issue 9, the
+best) of its windows' scores, and the answer says which window matched best and what share
+of the score's magnitude each tracked module gave. Candidates come from a BM25 search over
+the visible records, re-ranked by these scores (``IndexConfig.lexical_candidates``), or from
+the gradient index itself.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,7 @@ from auditor_server.attribution import layout
 from auditor_server.attribution.config import FeatureConfig, IndexConfig
 from auditor_server.attribution.featurize import Featurizer
 from auditor_server.attribution.index import RowSelector, read_index, search, takes_selector
+from auditor_server.attribution.lexical import BM25Baseline
 from auditor_server.attribution.precondition import Preconditioner
 from auditor_server.attribution.spans import RowTable
 from auditor_server.corpus.catalog import Catalog
@@ -64,7 +69,9 @@ class Attribution:
     score: float
     span: Span
     module_shares: dict[str, float] = field(repr=False)
-    """Fraction of ``score`` contributed by each tracked module (sums to 1)."""
+    """Each tracked module's share of the score's magnitude: ``|c_m| / Σ|c_m|`` where the
+    score is ``Σ c_m`` over modules, so every share is a true fraction in [0, 1] and they
+    sum to 1 (a module that pulled the score down still counts for its size)."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +112,17 @@ class AttributionEngine:
         self.vectors = vectors
         self.index = index
         self.index_config = index_config
-        self._row_class = np.asarray(catalog.data_classes())[rows.record]
+        classes = np.asarray(catalog.data_classes())
+        self._row_class = classes[rows.record]
+        self._record_class = classes
         self._selectors: dict[frozenset[str], RowSelector | None] = {}
+        self._lexical: dict[frozenset[str], BM25Baseline] = {}
+        self._lexical_lock = threading.Lock()
+        # Rows are cut record by record, in catalog order: record i owns rows
+        # [_row_start[i], _row_start[i + 1]).
+        if len(rows) and np.any(np.diff(rows.record) < 0):
+            raise IntegrityError("row table is not in record order")
+        self._row_start = np.searchsorted(rows.record, np.arange(len(classes) + 1))
 
     @property
     def snapshot_id(self) -> str:
@@ -247,18 +263,20 @@ class AttributionEngine:
                 raise InputError("completion must not be empty")
             if not isinstance(prompt, str):
                 raise InputError("prompt must be a string")
-        selector = self._selector(frozenset(exclude_classes))
+        excluded = frozenset(exclude_classes)
+        selector = self._selector(excluded)
         raw, logprobs = self.featurizer.featurize_queries(pairs)
         queries = self.preconditioner.apply(raw)
+        proposals = self._lexical_candidates(excluded, [p + c for p, c in pairs])
         return [
             AttributionAnswer(
                 prompt=p,
                 completion=c,
                 completion_logprob=float(lp),
-                results=self._rank(q, top_k, selector),
+                results=self._rank(q, top_k, selector, proposed),
                 snapshot_id=self.snapshot_id,
             )
-            for (p, c), q, lp in zip(pairs, queries, logprobs, strict=True)
+            for (p, c), q, lp, proposed in zip(pairs, queries, logprobs, proposals, strict=True)
         ]
 
     def generate(self, prompt: str, **kwargs: Any) -> str:
@@ -316,9 +334,55 @@ class AttributionEngine:
                 self._selectors[excluded] = RowSelector(allowed)
         return self._selectors[excluded]
 
+    def _lexical_candidates(
+        self, excluded: frozenset[str], texts: Sequence[str]
+    ) -> list[list[int]]:
+        """BM25's proposals (record ordinals) for each text, over the visible records only.
+
+        One BM25 index per set of excluded classes, built on first use: a withheld class is
+        not in it at all, so it shapes neither the term statistics nor which records are
+        proposed.
+        """
+        n = self.index_config.lexical_candidates
+        if n == 0:
+            return [[] for _ in texts]
+        with self._lexical_lock:
+            bm25 = self._lexical.get(excluded)
+            if bm25 is None:
+                visible = [
+                    i
+                    for i, c in enumerate(self._record_class.tolist())
+                    if c not in excluded and self._row_start[i + 1] > self._row_start[i]
+                ]
+                bm25 = BM25Baseline(
+                    [str(i) for i in visible], [self.catalog.record_at(i).text for i in visible]
+                )
+                self._lexical[excluded] = bm25
+        return [[int(i) for i in row] for row in bm25.rank(list(texts), k=n)]
+
     def _rank(
-        self, query: NDArray[np.float32], top_k: int, selector: RowSelector | None
+        self,
+        query: NDArray[np.float32],
+        top_k: int,
+        selector: RowSelector | None,
+        proposed: Sequence[int] = (),
     ) -> list[Attribution]:
+        records = list(proposed)
+        if len(records) < top_k:
+            seen = set(records)
+            records += [r for r in self._index_candidates(query, top_k, selector) if r not in seen]
+        scored = [(self._record_score(query, rec), rec) for rec in records]
+        ordered = sorted(scored, key=lambda t: (-t[0][0], t[1]))[:top_k]
+        return [
+            self._result(rank, rec, score_, row, query)
+            for rank, ((score_, row), rec) in enumerate(ordered, start=1)
+        ]
+
+    def _index_candidates(
+        self, query: NDArray[np.float32], top_k: int, selector: RowSelector | None
+    ) -> list[int]:
+        """At least ``top_k`` distinct records (when that many are allowed) holding the
+        gradient index's best rows."""
         n_allowed = selector.count if selector is not None else len(self.rows)
         exact = self.index_config.index == "exact"
         k_rows = min(n_allowed, top_k * 8)
@@ -334,44 +398,49 @@ class AttributionEngine:
                 selector=selector,
                 nprobe=self.index_config.nprobe,
             )
-            cand = ids[0][ids[0] >= 0]
-            # Re-score every candidate exactly from the stored vectors, so scores do not
+            cand = np.sort(ids[0][ids[0] >= 0])
+            # Re-score every candidate exactly from the stored vectors, so the order does not
             # depend on the index kind's quantization.
-            cand = np.sort(cand)
-            cand_vecs = np.asarray(self.vectors[cand], dtype=np.float32)
             # einsum, not ``@``: from ~500 candidates numpy hands this gemv to OpenBLAS's
             # thread pool, whose sleeping worker can take a scheduler tick (4-8 ms on a
             # loaded 2-core host) to wake; einsum stays on this thread.
-            scores = np.einsum("ij,j->i", cand_vecs, query)
-            best: dict[int, tuple[float, int]] = {}
+            scores = np.einsum("ij,j->i", np.asarray(self.vectors[cand], np.float32), query)
+            best: dict[int, float] = {}
             for row, s in zip(cand.tolist(), scores.tolist(), strict=True):
                 rec = int(self.rows.record[row])
-                if (
-                    rec not in best
-                    or s > best[rec][0]
-                    or (s == best[rec][0] and row < best[rec][1])
-                ):
-                    best[rec] = (s, row)
+                best[rec] = max(s, best.get(rec, -np.inf))
             if len(best) >= top_k or k_rows >= n_allowed:
                 break
             k_rows = min(n_allowed, k_rows * 4)
-        ordered = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:top_k]
-        return [
-            self._result(rank, rec, s, row, query)
-            for rank, (rec, (s, row)) in enumerate(ordered, start=1)
-        ]
+        return [rec for rec, _ in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    def _record_score(self, query: NDArray[np.float32], record: int) -> tuple[float, int]:
+        """(the record's score, its best-matching row)."""
+        start, stop = int(self._row_start[record]), int(self._row_start[record + 1])
+        scores = np.einsum("ij,j->i", np.asarray(self.vectors[start:stop], np.float32), query)
+        best = int(np.argmax(scores))
+        value = (
+            float(scores.mean())
+            if self.index_config.record_score == "mean"
+            else float(scores[best])
+        )
+        return value, start + best
 
     def _result(
         self, rank: int, record: int, score_: float, row: int, query: NDArray[np.float32]
     ) -> Attribution:
         rec = self.catalog.record_at(record)
-        vec = np.asarray(self.vectors[row], dtype=np.float32)
+        if self.index_config.record_score == "mean":
+            start, stop = int(self._row_start[record]), int(self._row_start[record + 1])
+            vec = np.asarray(self.vectors[start:stop], dtype=np.float32).mean(axis=0)
+        else:
+            vec = np.asarray(self.vectors[row], dtype=np.float32)
         dims = self.featurizer.config.dims_per_module
-        contrib = (vec * query).reshape(-1, dims).sum(axis=1)
-        total = float(contrib.sum())
+        magnitude = np.abs((vec * query).reshape(-1, dims).sum(axis=1))
+        total = float(magnitude.sum())
         shares = {
             name: (float(c) / total if total else 0.0)
-            for name, c in zip(self.featurizer.module_names, contrib, strict=True)
+            for name, c in zip(self.featurizer.module_names, magnitude, strict=True)
         }
         r = self.rows
         return Attribution(

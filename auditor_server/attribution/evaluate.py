@@ -12,7 +12,6 @@ because on fact statements a lexical match is a strong, honest baseline.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from auditor_server.attribution.engine import AttributionEngine
+from auditor_server.attribution.lexical import BM25Baseline
 from auditor_server.errors import InputError
 
 CUTOFF = 10
@@ -111,28 +111,6 @@ def summarize(ranks: Sequence[int | None]) -> dict[str, float]:
         "recall@10": len(hits) / n,
         "mrr@10": sum(1.0 / r for r in hits) / n,
     }
-
-
-class BM25Baseline:
-    """BM25 over whole record texts (bm25s), queried with prompt + completion."""
-
-    def __init__(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        import bm25s
-
-        logging.getLogger("bm25s").setLevel(logging.WARNING)
-        self._bm25s = bm25s
-        self.ids = list(ids)
-        self.retriever = bm25s.BM25()
-        self.retriever.index(
-            bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False
-        )
-
-    def rank(self, queries: Sequence[str], k: int = CUTOFF) -> list[list[str]]:
-        tokens = self._bm25s.tokenize(list(queries), stopwords="en", show_progress=False)
-        docs, _ = self.retriever.retrieve(
-            tokens, k=min(k, len(self.ids)), show_progress=False, n_threads=1
-        )
-        return [[self.ids[int(d)] for d in row] for row in docs]
 
 
 def evaluate(

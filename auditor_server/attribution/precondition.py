@@ -1,10 +1,11 @@
-"""Projected Gauss-Newton/Fisher preconditioning, one block per tracked module.
+"""Projected empirical-Fisher preconditioning, one block per tracked module.
 
 Raw gradient similarity is dominated by directions that almost every example shares (the
 gradient of "predict a plausible next word"), so a fact sentence looks like any sentence.
 Whitening each module's projected features with ``(F + λI)^-1/2``, where ``F`` is their
-empirical second moment over the training rows (the projected empirical Fisher, equal to the
-Gauss-Newton matrix for a log-likelihood loss), turns the inner product into
+empirical second moment over the training rows (the projected *empirical* Fisher: gradients
+taken with the training labels, not labels sampled from the model as the true Fisher and,
+for this loss, the Gauss-Newton matrix would take them), turns the inner product into
 ``q_mᵀ (F+λI)^-1 φ_m``: directions common to many examples are divided by their large
 variance, rare, example-specific directions keep their weight. ``λ`` is set per block relative
 to its mean eigenvalue so the damping means the same for every module.
@@ -47,7 +48,7 @@ class Preconditioner:
             damping = config.damping * (mean if mean > 0 else 1.0)
             inv_sqrt = eigvecs @ np.diag(1.0 / np.sqrt(eigvals + damping)) @ eigvecs.T
             transforms[m] = inv_sqrt.astype(np.float32)
-        return cls("gn", transforms, config.normalization)
+        return cls(config.preconditioner, transforms, config.normalization)
 
     def apply(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
         """Preconditioned, optionally unit-normalized, flattened rows ``(n, modules*dims)``."""

@@ -157,20 +157,31 @@ def test_engine_answers_with_spans_and_module_shares(setup: dict[str, Path]) -> 
             engine.attribute("a", " b", exclude_classes={"secret"})
 
 
-def test_private_rows_are_excluded_before_ranking(setup: dict[str, Path]) -> None:
-    with AttributionEngine.open(setup["reference"]) as engine:
-        private = [r for r in engine.catalog if r.source.data_class == "private"]
-        assert private
-        # Ask about a private record's own text: unfiltered it ranks first.
-        rec = private[0]
-        prompt, completion = rec.text[:40], rec.text[40:80]
-        full = engine.attribute(prompt, completion, top_k=10)
-        assert full.results[0].data_class == "private"
-        filtered = engine.attribute(prompt, completion, top_k=10, exclude_classes={"private"})
-        assert all(r.data_class != "private" for r in filtered.results)
-        # The non-private results keep their scores and relative order.
-        kept = [(r.record_id, r.score) for r in full.results if r.data_class != "private"]
-        assert [(r.record_id, r.score) for r in filtered.results][: len(kept)] == kept
+def test_private_rows_are_excluded_before_ranking(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    # The gradient index alone (no lexical candidates, best window): excluding a class is a
+    # filter inside the FAISS search, so the other results keep their scores and order.
+    copy = tmp_path / "index"
+    shutil.copytree(setup["reference"], copy)
+    reindex(copy, IndexConfig(lexical_candidates=0, record_score="max"))
+    for index_dir in (copy, setup["reference"]):
+        with AttributionEngine.open(index_dir) as engine:
+            private = [r for r in engine.catalog if r.source.data_class == "private"]
+            assert private
+            # Ask about a private record's own text: unfiltered it is among the results.
+            rec = private[0]
+            prompt, completion = rec.text[:40], rec.text[40:80]
+            full = engine.attribute(prompt, completion, top_k=10)
+            assert rec.id in [r.record_id for r in full.results]
+            filtered = engine.attribute(prompt, completion, top_k=10, exclude_classes={"private"})
+            assert all(r.data_class != "private" for r in filtered.results)
+            if index_dir == copy:
+                assert full.results[0].data_class == "private"
+                kept = [(r.record_id, r.score) for r in full.results if r.data_class != "private"]
+                assert [(r.record_id, r.score) for r in filtered.results][: len(kept)] == kept
 
 
 def test_reindex_changes_snapshot_and_opening_with_another_model_fails(

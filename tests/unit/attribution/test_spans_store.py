@@ -60,13 +60,14 @@ def test_config_defaults_are_pinned() -> None:
         "seed": 0,
         "include": ["*"],
         "exclude": [],
+        "input_embeddings": False,
         "span_tokens": 32,
         "span_stride": 16,
         "batch_size": 32,
         "shard_rows": 1024,
     }
     assert IndexConfig().to_dict() == {
-        "preconditioner": "gn",
+        "preconditioner": "empirical_fisher",
         "damping": 0.1,
         "normalization": "cosine",
         "index": "exact",
@@ -74,9 +75,18 @@ def test_config_defaults_are_pinned() -> None:
         "nprobe": 16,
         "pq_m": 0,
         "rerank": 10,
+        "record_score": "mean",
+        "lexical_candidates": 100,
         "exclude_private_from_fit": True,
     }
     assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()
+    assert IndexConfig.from_dict(IndexConfig().to_dict()) == IndexConfig()
+    # An index written before record_score / lexical_candidates keeps its old ranking rule.
+    legacy = IndexConfig().to_dict()
+    del legacy["record_score"], legacy["lexical_candidates"]
+    legacy["preconditioner"] = "gn"
+    old = IndexConfig.from_dict(legacy)
+    assert (old.record_score, old.lexical_candidates, old.preconditioner) == ("max", 0, "gn")
 
 
 def test_fp16_encoding_keeps_small_blocks() -> None:
