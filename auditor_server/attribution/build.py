@@ -295,6 +295,8 @@ def _ensure_plan(out_dir: Path, plan: dict[str, Any], rows: RowTable) -> None:
     plan_path, rows_path = out_dir / layout.PLAN, out_dir / layout.ROWS
     if plan_path.exists():
         existing = json.loads(plan_path.read_text())
+        # A plan written before a feature option existed means that option's default.
+        existing["feature_config"] = FeatureConfig.from_dict(existing["feature_config"]).to_dict()
         if existing != plan:
             diff = sorted(k for k in plan if existing.get(k) != plan[k])
             raise IndexMismatchError(
