@@ -421,7 +421,12 @@ def build(
         )
 
         validation = run_validation(
-            out, questions, n_questions=BUILD_QUESTIONS, device=device, progress=not no_progress
+            out,
+            questions,
+            n_questions=BUILD_QUESTIONS,
+            optimizer_step=False,
+            device=device,
+            progress=not no_progress,
         )
         click.echo(format_validation(validation))
         click.echo(f"saved to {out / VALIDATION_FILE}")

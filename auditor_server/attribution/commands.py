@@ -22,9 +22,10 @@ __all__ = ["run_validation", "validate_command"]
 
 VALIDATION_FILE = layout.VALIDATION
 """Kept under this name for the commands that print where the result went."""
-BUILD_QUESTIONS = 40
-"""Questions the check after a build uses: enough for intervals that separate the engine
-from random and lexical retrieval, cheap next to the build (docs/benchmarks.md)."""
+BUILD_QUESTIONS = 24
+"""Questions the check after a build uses, with the plain-SGD step only: enough for intervals
+that separate the engine from random and lexical retrieval on the demo, at a fraction of the
+build's time (bench/README.md). ``validate`` asks more and adds the optimizer's own step."""
 
 
 def run_validation(
@@ -35,10 +36,14 @@ def run_validation(
     top_k: int = DEFAULT_TOP_K,
     sgd_lr: float = DEFAULT_SGD_LR,
     seed: int = 0,
+    optimizer_step: bool = True,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Tail-patch the index's engine and baselines; write ``INDEX_DIR/validation.json``."""
+    """Tail-patch the index's engine and baselines; write ``INDEX_DIR/validation.json``.
+
+    ``optimizer_step`` adds the training optimizer's own step where the model directory
+    holds its state (it roughly doubles the cost)."""
     from auditor_server.attribution.counterfactual import validate
     from auditor_server.attribution.engine import AttributionEngine
     from auditor_server.attribution.evaluate import read_questions
@@ -53,7 +58,7 @@ def run_validation(
             n_questions=n_questions,
             top_k=top_k,
             sgd_lr=sgd_lr,
-            adam=load_optimizer_state(engine.lm.model_dir),
+            adam=load_optimizer_state(engine.lm.model_dir) if optimizer_step else None,
             seed=seed,
             progress=progress,
         )
