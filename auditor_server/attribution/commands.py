@@ -130,6 +130,13 @@ def format_validation(result: dict[str, Any]) -> str:
     help="Step size of the plain-SGD tail-patch.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--optimizer-step/--no-optimizer-step",
+    default=True,
+    show_default=True,
+    help="Also measure the training optimizer's own step (when the model directory holds "
+    "its state; about doubles the time).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-progress", is_flag=True)
@@ -140,6 +147,7 @@ def validate_command(
     top_k: int,
     sgd_lr: float,
     seed: int,
+    optimizer_step: bool,
     as_json: bool,
     device: str,
     no_progress: bool,
@@ -154,6 +162,7 @@ def validate_command(
         top_k=top_k,
         sgd_lr=sgd_lr,
         seed=seed,
+        optimizer_step=optimizer_step,
         device=device,
         progress=not no_progress,
     )
