@@ -91,12 +91,16 @@ def format_validation(result: dict[str, Any]) -> str:
     for pair, per_kind in result["ratios"].items():
         for k in kinds:
             r = per_kind[k]
-            if r["ratio"] is None:
-                continue
             d = r["difference"]
+            if d["mean"] is None:
+                continue
+            ratio = (
+                f"ratio {r['ratio']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+                if r["ratio"] is not None
+                else "ratio n/a (baseline <= 0)"
+            )
             lines.append(
-                f"{pair:<16} {k:<4} ratio {r['ratio']:+.2f} [{r['ci95'][0]:+.2f}, "
-                f"{r['ci95'][1]:+.2f}]  difference {d['mean']:+.4f} "
+                f"{pair:<16} {k:<4} {ratio:<28} difference {d['mean']:+.4f} "
                 f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
             )
     lines.append(f"({result['seconds']:.1f} s)")

@@ -300,16 +300,22 @@ def bootstrap_ratio(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Ratio of means with a paired bootstrap 95% interval (questions resampled together)."""
+    """Ratio of means with a paired bootstrap 95% interval (questions resampled together).
+
+    Only against a baseline whose mean is positive: "x times a step that lowers the answer"
+    means nothing, so the ratio is then None and the difference says it instead.
+    """
     keep = ~(np.isnan(num) | np.isnan(den))
     a, b = num[keep], den[keep]
-    if a.size == 0 or b.mean() == 0:
+    if a.size == 0 or b.mean() <= 0:
         return {"ratio": None, "ci95": None, "n": int(a.size)}
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, a.size, size=(resamples, a.size))
     den_means = b[idx].mean(axis=1)
     num_means = a[idx].mean(axis=1)
-    ratios = num_means[den_means != 0] / den_means[den_means != 0]
+    # Resamples whose baseline mean is not positive have no meaningful ratio; the interval
+    # is over the rest (and is then wide, which is the honest answer).
+    ratios = num_means[den_means > 0] / den_means[den_means > 0]
     lo, hi = np.percentile(ratios, [2.5, 97.5])
     return {"ratio": float(a.mean() / b.mean()), "ci95": [float(lo), float(hi)], "n": int(a.size)}
 

@@ -35,7 +35,8 @@ def test_demo_script_meets_the_counterfactual_target(tmp_path: Path) -> None:
     # retrieval and random records: the engine must win with intervals apart.
     for baseline in ("bm25", "random"):
         assert engine["ci95"][0] > methods[baseline]["sgd"]["ci95"][1], baseline
-    assert validation["ratios"]["engine/bm25"]["sgd"]["ratio"] >= 1.5
+    ratio = validation["ratios"]["engine/bm25"]["sgd"]["ratio"]
+    assert ratio is None or ratio >= 1.5  # None: BM25's top 10 lowered the answer on average
     demo_checks.check_planted_problems_found(out)
     demo_checks.check_no_private_data(out)
     demo_checks.check_third_party_sees_less(out)
