@@ -427,6 +427,7 @@ def build(
             optimizer_step=False,
             device=device,
             progress=not no_progress,
+            verify=False,
         )
         click.echo(format_validation(validation))
         click.echo(f"saved to {out / VALIDATION_FILE}")

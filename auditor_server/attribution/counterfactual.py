@@ -220,17 +220,26 @@ class EngineRanker:
 class LexicalRanker:
     """BM25 over whole record texts of the pool, with a chosen query per question."""
 
-    def __init__(self, name: str, pool: Pool, query: Callable[[Question], str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        pool: Pool,
+        query: Callable[[Question], str],
+        bm25: BM25Baseline | None = None,
+    ) -> None:
         self.name = name
         self.pool = pool
         self.query = query
-        self._bm25 = BM25Baseline(
-            [pool.ids[i] for i in pool.allowed], [pool.texts[i] for i in pool.allowed]
-        )
+        self._bm25 = bm25 or pool_bm25(pool)
 
     def rank(self, questions: Sequence[Question], k: int) -> list[list[int]]:
         ranked = self._bm25.rank([self.query(q) for q in questions], k=k)
         return [[self.pool.ordinal[rid] for rid in row] for row in ranked]
+
+
+def pool_bm25(pool: Pool) -> BM25Baseline:
+    """One BM25 index over the pool, shared by the lexical baselines (they differ in query)."""
+    return BM25Baseline([pool.ids[i] for i in pool.allowed], [pool.texts[i] for i in pool.allowed])
 
 
 def entity_query(question: Question) -> str:
@@ -351,11 +360,18 @@ def choose_questions(
     split is graded on that split only.
     """
     split = "heldout" if any(q.split == "heldout" for q in questions) else "all"
-    pool = [q for q in questions if (split == "all" or q.split == "heldout") and fits(q)]
-    if not pool:
-        raise InputError("no question fits the model's context")
+    pool = [q for q in questions if split == "all" or q.split == "heldout"]
     rng = random.Random(f"tail-patch:{seed}")  # noqa: S311 (not secret)
-    chosen = pool if len(pool) <= n else rng.sample(pool, n)
+    # A seeded order, then the first n that fit: tokenizing only what is drawn.
+    order = rng.sample(pool, len(pool))
+    chosen = []
+    for q in order:
+        if fits(q):
+            chosen.append(q)
+            if len(chosen) == n:
+                break
+    if not chosen:
+        raise InputError("no question fits the model's context")
     return chosen, split
 
 
@@ -447,10 +463,11 @@ def validate(
         seed=seed,
         fits=lambda q: bool(engine.featurizer.fits(q.prompt, q.completion)),
     )
+    lexical = pool_bm25(pool)
     rankers: list[Ranker] = [
         EngineRanker(engine, pool),
-        LexicalRanker("bm25", pool, lambda q: q.prompt + q.completion),
-        LexicalRanker("entity", pool, entity_query),
+        LexicalRanker("bm25", pool, lambda q: q.prompt + q.completion, lexical),
+        LexicalRanker("entity", pool, entity_query, lexical),
         RandomRanker(pool, seed),
         PlantedRanker(pool),
         *extra_rankers,

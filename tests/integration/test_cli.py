@@ -113,7 +113,7 @@ def test_demo_corpus_train_build_attribute_on_the_tiny_preset(tmp_path: Path) ->
     asked = [json.loads(line) for line in questions.read_text().splitlines()]
     held_out = sum(1 for q in asked if q["split"] == "heldout")
     assert validation["split"] == "heldout"
-    assert validation["n_questions"] == min(24, held_out)
+    assert validation["n_questions"] == min(16, held_out)
     assert validation["snapshot_id"][:19] in proc.stdout
 
     q = json.loads(questions.read_text().splitlines()[0])
