@@ -22,32 +22,8 @@ from hypothesis import strategies as st
 from auditor_client.keys import encode_public_key
 from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.envelope import sign_request
+from tests.fixtures.servicer_context import InProcessContext
 from tests.integration.lab_server import policy_text
-
-
-class _Context:
-    """The parts of ``grpc.ServicerContext`` the service uses, for in-process calls."""
-
-    def time_remaining(self) -> None:
-        return None
-
-    def is_active(self) -> bool:
-        return True
-
-    def set_trailing_metadata(self, _: Any) -> None:
-        pass
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:1"
-
-    def add_callback(self, _: Any) -> bool:
-        return True
-
-    def cancel(self) -> None:
-        pass
-
-    def abort(self, code: Any, message: str) -> None:
-        raise AssertionError(f"refused: {code} {message}")
 
 
 @dataclass
@@ -125,7 +101,7 @@ def _ask(
             prompt=prompt, completion=completion, top_k=top_k
         ).SerializeToString(),
     )
-    response = service.unary("Attribute", envelope.SerializeToString(), _Context())
+    response = service.unary("Attribute", envelope.SerializeToString(), InProcessContext())
     body = pb.ResponseBody.FromString(response.body)
     return body.attribute
 

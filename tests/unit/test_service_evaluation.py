@@ -37,6 +37,7 @@ from auditor_server.policy.model import Policy
 from auditor_server.security.lab_keys import generate_lab_key, load_lab_key
 from auditor_server.server import ServerOptions, build_server
 from auditor_server.service import AuditService
+from tests.fixtures.servicer_context import InProcessContext
 from tests.fixtures.validation import sample_validation
 
 SNAPSHOT = "sha256:" + "5e" * 32
@@ -72,27 +73,6 @@ class _Engine:
         raise NotImplementedError
 
 
-class _Context:
-    def time_remaining(self) -> None:
-        return None
-
-    def is_active(self) -> bool:
-        return True
-
-    def set_trailing_metadata(self, _: Any) -> None:
-        pass
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:1"
-
-    def add_callback(self, _: Any) -> bool:
-        return True
-
-    def cancel(self) -> None:
-        pass
-
-    def abort(self, code: Any, message: str) -> None:
-        raise AssertionError(f"refused: {code} {message}")
 
 
 @dataclass
@@ -113,7 +93,7 @@ class Lab:
         response = self.service.unary(
             "GetPolicy",
             envelope.SerializeToString(),
-            _Context(),  # type: ignore[arg-type]
+            InProcessContext(),  # type: ignore[arg-type]
         )
         body = verify_answer(
             response,

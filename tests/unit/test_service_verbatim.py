@@ -32,6 +32,7 @@ from auditor_server.corpus.records import Record, Source, corpus_manifest_hash
 from auditor_server.policy.model import Policy
 from auditor_server.security.lab_keys import generate_lab_key, load_lab_key
 from auditor_server.service import AuditService, Defences
+from tests.fixtures.servicer_context import InProcessContext
 
 PASSAGE = (
     "The lighthouse keeper counted forty-one ships before the storm broke over Harrow Point, "
@@ -101,27 +102,6 @@ class _Engine:
         raise NotImplementedError
 
 
-class _Context:
-    def time_remaining(self) -> None:
-        return None
-
-    def is_active(self) -> bool:
-        return True
-
-    def set_trailing_metadata(self, _: Any) -> None:
-        pass
-
-    def peer(self) -> str:
-        return "ipv4:127.0.0.1:1"
-
-    def add_callback(self, _: Any) -> bool:
-        return True
-
-    def cancel(self) -> None:
-        pass
-
-    def abort(self, code: Any, message: str) -> None:
-        raise AssertionError(f"refused: {code} {message}")
 
 
 ROLES = {"reg": "regulator", "tp": "third_party", "closed": "closed"}
@@ -211,7 +191,7 @@ def _attribute(lab: Lab, who: str, prompt: str, completion: str) -> pb.Attribute
         method="Attribute",
         body=pb.AttributeRequest(prompt=prompt, completion=completion, top_k=3).SerializeToString(),
     )
-    response = lab.service.unary("Attribute", envelope.SerializeToString(), _Context())  # type: ignore[arg-type]
+    response = lab.service.unary("Attribute", envelope.SerializeToString(), InProcessContext())  # type: ignore[arg-type]
     return pb.ResponseBody.FromString(response.body).attribute
 
 
@@ -332,7 +312,11 @@ def test_attribute_batch_carries_spans_per_item(labs: tuple[Lab, Lab]) -> None:
     )
     answers = [
         pb.ResponseBody.FromString(r.body).attribute
-        for r in lab.service.stream("AttributeBatch", envelope.SerializeToString(), _Context())  # type: ignore[arg-type]
+        for r in lab.service.stream(
+            "AttributeBatch",
+            envelope.SerializeToString(),
+            InProcessContext(),  # type: ignore[arg-type]
+        )
     ]
     assert [len(a.verbatim) for a in answers] == [1, 0]
     assert all(a.verbatim_searched for a in answers)
