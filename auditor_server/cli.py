@@ -329,6 +329,14 @@ def _index_options(fn: F) -> F:
             help="BM25 candidates per query that gradients re-rank (0: search the gradient "
             "index alone).",
         ),
+        click.option(
+            "--lexical-fusion",
+            type=click.IntRange(min=0),
+            default=d.lexical_fusion,
+            show_default=True,
+            help="k of the reciprocal-rank fusion of gradient and BM25 ranks that orders the "
+            "candidates (0: gradient score alone).",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -364,6 +372,7 @@ def _index_config(kw: dict[str, Any]) -> Any:
         nprobe=kw["nprobe"],
         record_score=kw["record_score"],
         lexical_candidates=kw["lexical_candidates"],
+        lexical_fusion=kw["lexical_fusion"],
     )
 
 

@@ -5,8 +5,9 @@ exactly like the stored rows, then matched against them by inner product. Rows a
 answers are records: a record's score is the mean (or, for indexes built before issue 9, the
 best) of its windows' scores, and the answer says which window matched best and what share
 of the score's magnitude each tracked module gave. Candidates come from a BM25 search over
-the visible records, re-ranked by these scores (``IndexConfig.lexical_candidates``), or from
-the gradient index itself.
+the visible records (``IndexConfig.lexical_candidates``), or from the gradient index itself,
+and are ordered by the fusion of their gradient and BM25 ranks
+(``IndexConfig.lexical_fusion``; by gradient score alone for older indexes).
 """
 
 from __future__ import annotations
@@ -372,10 +373,13 @@ class AttributionEngine:
             seen = set(records)
             records += [r for r in self._index_candidates(query, top_k, selector) if r not in seen]
         scored = [(self._record_score(query, rec), rec) for rec in records]
-        ordered = sorted(scored, key=lambda t: (-t[0][0], t[1]))[:top_k]
+        ordered = sorted(scored, key=lambda t: (-t[0][0], t[1]))
+        k = self.index_config.lexical_fusion
+        if k and proposed:
+            ordered = fuse_ranks(ordered, proposed, k)
         return [
             self._result(rank, rec, score_, row, query)
-            for rank, ((score_, row), rec) in enumerate(ordered, start=1)
+            for rank, ((score_, row), rec) in enumerate(ordered[:top_k], start=1)
         ]
 
     def _index_candidates(
@@ -456,3 +460,25 @@ class AttributionEngine:
             ),
             module_shares=shares,
         )
+
+
+_Scored = tuple[tuple[float, int], int]
+
+
+def fuse_ranks(by_gradient: Sequence[_Scored], lexical: Sequence[int], k: int) -> list[_Scored]:
+    """Reorder ``((score, row), record)`` pairs, given best gradient score first, by
+    reciprocal-rank fusion with the BM25 order ``lexical`` (record ordinals, best first).
+
+    A record BM25 did not propose (the gradient index filled in) gets no lexical term. Ties
+    go to the better gradient rank, so the order is total and does not depend on ``top_k``.
+    """
+    lexical_rank = {rec: i for i, rec in enumerate(lexical, start=1)}
+
+    def fused(item: tuple[int, _Scored]) -> tuple[float, int]:
+        gradient_rank, (_, rec) = item
+        value = 1.0 / (k + gradient_rank)
+        if rec in lexical_rank:
+            value += 1.0 / (k + lexical_rank[rec])
+        return -value, gradient_rank
+
+    return [t for _, t in sorted(enumerate(by_gradient, start=1), key=fused)]

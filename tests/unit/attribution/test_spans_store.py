@@ -77,16 +77,24 @@ def test_config_defaults_are_pinned() -> None:
         "rerank": 10,
         "record_score": "mean",
         "lexical_candidates": 100,
+        "lexical_fusion": 10,
         "exclude_private_from_fit": True,
     }
     assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()
     assert IndexConfig.from_dict(IndexConfig().to_dict()) == IndexConfig()
     # An index written before record_score / lexical_candidates keeps its old ranking rule.
     legacy = IndexConfig().to_dict()
-    del legacy["record_score"], legacy["lexical_candidates"]
+    del legacy["record_score"], legacy["lexical_candidates"], legacy["lexical_fusion"]
     legacy["preconditioner"] = "gn"
     old = IndexConfig.from_dict(legacy)
     assert (old.record_score, old.lexical_candidates, old.preconditioner) == ("max", 0, "gn")
+    assert old.lexical_fusion == 0
+    # One built with lexical candidates but before the fusion keeps the gradient order.
+    before_fusion = IndexConfig().to_dict()
+    del before_fusion["lexical_fusion"]
+    assert IndexConfig.from_dict(before_fusion).lexical_fusion == 0
+    with pytest.raises(ConfigError, match="lexical_fusion"):
+        IndexConfig(lexical_fusion=-1)
 
 
 def test_fp16_encoding_keeps_small_blocks() -> None:
