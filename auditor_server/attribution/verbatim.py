@@ -55,7 +55,6 @@ a crash mid-build leaves a directory :meth:`VerbatimIndex.open` refuses.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import mmap
 import re
@@ -70,6 +69,7 @@ from numpy.typing import NDArray
 
 from auditor_server.errors import ConfigError, InputError, IntegrityError
 from auditor_server.fsutil import atomic_write, atomic_write_json, sha256_file
+from auditor_server.manifests import read_manifest
 
 __all__ = [
     "COMMON_WORDS",
@@ -521,19 +521,12 @@ class VerbatimIndex:
             ConfigError: no ``verbatim.json`` (not a finished index) or another format.
             IntegrityError: a file's checksum, shape or size differs from the manifest.
         """
-        manifest_path = directory / MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise ConfigError(f"{directory} is not a finished verbatim index (no {MANIFEST_FILE})")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise IntegrityError(f"{manifest_path}: unreadable ({exc})") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != VERBATIM_FORMAT:
-            found = manifest.get("format") if isinstance(manifest, dict) else None
-            raise ConfigError(
-                f"{manifest_path}: not a {VERBATIM_FORMAT} manifest (found {found!r}); rebuild "
-                "it with `auditor-server verbatim --index INDEX_DIR`"
-            )
+        manifest = read_manifest(
+            directory / MANIFEST_FILE,
+            fmt=VERBATIM_FORMAT,
+            what="verbatim index",
+            rebuild="`auditor-server verbatim --index INDEX_DIR`",
+        )
         arrays: dict[str, _ClassArray] = {}
         try:
             for name, entry in dict(manifest.get("classes", {})).items():

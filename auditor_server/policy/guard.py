@@ -99,7 +99,6 @@ leaves no guard that looks complete.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
 import unicodedata
@@ -112,6 +111,7 @@ from numpy.typing import NDArray
 
 from auditor_server.errors import ConfigError, IntegrityError
 from auditor_server.fsutil import atomic_write, atomic_write_json, sha256_file
+from auditor_server.manifests import read_manifest
 
 __all__ = [
     "BOILERPLATE_CLASSES",
@@ -794,18 +794,12 @@ class ShingleSets:
                 differs from what ``guard.json`` records.
         """
         manifest_path = directory / MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise ConfigError(f"{directory} is not a finished guard (no {MANIFEST_FILE})")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise IntegrityError(f"{manifest_path}: unreadable ({exc})") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != GUARD_FORMAT:
-            found = manifest.get("format") if isinstance(manifest, dict) else None
-            raise ConfigError(
-                f"{manifest_path}: not a {GUARD_FORMAT} manifest (found {found!r}); rebuild "
-                "it with `auditor-server guard --index INDEX_DIR`"
-            )
+        manifest = read_manifest(
+            manifest_path,
+            fmt=GUARD_FORMAT,
+            what="guard",
+            rebuild="`auditor-server guard --index INDEX_DIR`",
+        )
         try:
             key = (directory / KEY_FILE).read_bytes()
         except OSError as exc:
