@@ -68,16 +68,28 @@ def _number(value: Any) -> str:
     return f"{value:.4g}"
 
 
-def _percent(value: Any) -> str:
+def _finite(value: Any, cell: Callable[[Any], str]) -> str:
+    """``cell(value)`` for a finite number; a dash for anything else, booleans included: a
+    report's JSON is the auditor's to edit, and a cell must not render what it cannot vouch
+    for as a number."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return "–"
-    return f"{100 * value:.1f}%"
+    return cell(value)
+
+
+def _pair(value: Any, cell: Callable[[Any], str]) -> str:
+    """A two-number interval as ``[lo, hi]``, each end through ``cell``; a dash otherwise."""
+    if isinstance(value, list) and len(value) == 2:
+        return f"[{cell(value[0])}, {cell(value[1])}]"
+    return "–"
+
+
+def _percent(value: Any) -> str:
+    return _finite(value, lambda v: f"{100 * v:.1f}%")
 
 
 def _interval(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 2:
-        return f"[{_percent(value[0])}, {_percent(value[1])}]"
-    return "–"
+    return _pair(value, _percent)
 
 
 def _when(ms: Any) -> str:
@@ -266,15 +278,11 @@ EVALUATION_TITLE = "How trustworthy are these attributions (measured by the lab,
 
 
 def _signed(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return "–"
-    return f"{value:+.4g}"
+    return _finite(value, lambda v: f"{v:+.4g}")
 
 
 def _signed_interval(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 2:
-        return f"[{_signed(value[0])}, {_signed(value[1])}]"
-    return "–"
+    return _pair(value, _signed)
 
 
 def _difference(value: Any) -> str:
@@ -285,15 +293,11 @@ def _difference(value: Any) -> str:
 
 
 def _ratio(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return "–"
-    return f"{value:.3g}×"
+    return _finite(value, lambda v: f"{v:.3g}×")
 
 
 def _ratio_interval(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 2:
-        return f"[{_ratio(value[0])}, {_ratio(value[1])}]"
-    return "–"
+    return _pair(value, _ratio)
 
 
 EVALUATION_METHOD_COLUMNS = (
