@@ -141,7 +141,9 @@ def evaluate(
                 ranked = [r.record_id for r in ans.results]
                 grad_ranks[i] = first_hit_rank(ranked, questions[i].relevant_ids)
                 known[i] = ans.completion_logprob >= KNOWN_LOGPROB
-            lexical = bm25.rank([f"{questions[i].prompt}{questions[i].completion}" for i in idx])
+            lexical = bm25.rank(
+                [f"{questions[i].prompt}{questions[i].completion}" for i in idx], k=CUTOFF
+            )
             for i, lex in zip(idx, lexical, strict=True):
                 bm25_ranks[i] = first_hit_rank(lex, questions[i].relevant_ids)
             bar.update(len(idx))

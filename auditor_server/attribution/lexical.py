@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-CUTOFF = 10
-
 
 class BM25Baseline:
     """BM25 over whole record texts (bm25s, English stopwords removed)."""
@@ -32,7 +30,7 @@ class BM25Baseline:
                 show_progress=False,
             )
 
-    def rank(self, queries: Sequence[str], k: int = CUTOFF) -> list[list[str]]:
+    def rank(self, queries: Sequence[str], k: int) -> list[list[str]]:
         """The ``k`` best ids for each query (fewer when fewer records match at all)."""
         if not self.ids:
             return [[] for _ in queries]
