@@ -337,6 +337,15 @@ def _index_options(fn: F) -> F:
             help="k of the reciprocal-rank fusion of gradient and BM25 ranks that orders the "
             "candidates (0: gradient score alone).",
         ),
+        click.option(
+            "--policy",
+            "fit_policy",
+            type=_path(exists=True, dir_okay=False),
+            default=None,
+            help="The policy the index will be served under: every data class one of its "
+            "roles may not see is kept out of the preconditioner and quantizer fit "
+            "(private always is). `serve` refuses a policy hiding a class the fit used.",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -373,7 +382,18 @@ def _index_config(kw: dict[str, Any]) -> Any:
         record_score=kw["record_score"],
         lexical_candidates=kw["lexical_candidates"],
         lexical_fusion=kw["lexical_fusion"],
+        fit_exclude_classes=_fit_exclusions(kw["fit_policy"]),
     )
+
+
+def _fit_exclusions(policy_path: Path | None) -> tuple[str, ...]:
+    """The classes besides ``private`` that ``policy_path``'s roles do not all see."""
+    if policy_path is None:
+        return ()
+    from auditor_server.policy.model import Policy
+
+    hidden = Policy.from_file(policy_path).hidden_from_some_role() - {"private"}
+    return tuple(sorted(hidden))
 
 
 @main.command()
@@ -389,7 +409,20 @@ def _index_config(kw: dict[str, Any]) -> Any:
         "on a sample of its questions) on this question file once the index is built."
     ),
 )
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="cpu, or cuda (under torchrun each rank takes cuda:LOCAL_RANK and NCCL).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Weights' dtype while featurizing (auto: the checkpoint's); gradients are "
+    "projected and stored in float32 either way.",
+)
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @_feature_options
 @_index_options
@@ -399,6 +432,7 @@ def build(
     out: Path,
     questions: Path | None,
     device: str,
+    dtype: str,
     no_progress: bool,
     **kw: Any,
 ) -> None:
@@ -412,6 +446,7 @@ def build(
         feature_config=_feature_config(kw),
         index_config=_index_config(kw),
         device=device,
+        dtype=dtype,
         progress=not no_progress,
     )
     if result is None:  # a non-zero torchrun rank: rank 0 reports

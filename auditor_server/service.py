@@ -62,6 +62,7 @@ from auditor_client.wire.envelope import sign_response
 from auditor_client.wire.evaluation import MAX_RESULT_BYTES, certificate_from_result
 from auditor_client.wire.receipts import answer_status
 from auditor_server.attribution import layout
+from auditor_server.attribution.config import IndexConfig
 from auditor_server.attribution.verbatim import (
     VerbatimIndex,
     VerbatimMatch,
@@ -177,6 +178,29 @@ class RefusalError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def check_fit_excludes(policy: Policy, manifest: dict[str, Any]) -> None:
+    """Refuse a policy that hides a data class the index's fit was computed with.
+
+    The preconditioner and quantizers are fitted on the rows of the classes left in; a
+    class some role may not see must not be among them, or its rows would shape the
+    answers that role gets. ``auditor-server reindex --policy FILE`` refits without them.
+
+    Raises:
+        ConfigError: the policy hides a class the index was fitted on.
+    """
+    stored = manifest.get("index_config")
+    if stored is None:  # an engine without an index (test doubles)
+        return
+    fitted = set(DATA_CLASSES) - IndexConfig.from_dict(stored).fit_excluded
+    exposed = sorted(policy.hidden_from_some_role() & fitted)
+    if exposed:
+        raise ConfigError(
+            f"the policy hides {', '.join(exposed)} from some role, but the index's "
+            "preconditioner was fitted on those rows; run `auditor-server reindex --index DIR "
+            "--policy POLICY` (seconds: no gradient is recomputed) and serve the result"
+        )
 
 
 class Engine(Protocol):
@@ -307,6 +331,7 @@ class AuditService:
         of the engine's index; None: an engine with no index directory serves none)."""
         self._evaluation: pb.EvaluationCertificate | None = None
         self.reload_evaluation()
+        check_fit_excludes(policy, engine.manifest)
         self._policy = policy
         self.policy_path = policy_path
         self.lab_key = lab_key
@@ -408,6 +433,7 @@ class AuditService:
             return False
         try:
             new = Policy.from_file(self.policy_path)
+            check_fit_excludes(new, self.engine.manifest)
         except SandboxError as exc:
             logger.error("policy reload refused, keeping %s: %s", self._policy.policy_hash, exc)
             return False

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from tqdm import tqdm
 
@@ -24,8 +26,8 @@ from auditor_server.attribution.config import FeatureConfig, IndexConfig
 from auditor_server.attribution.distributed import Topology, distributed_topology
 from auditor_server.attribution.featurize import Featurizer
 from auditor_server.attribution.index import build_faiss_index, write_index
-from auditor_server.attribution.precondition import Preconditioner
-from auditor_server.attribution.spans import RowTable
+from auditor_server.attribution.precondition import Preconditioner, SecondMoments
+from auditor_server.attribution.spans import ROW_FIELDS, RowTable
 from auditor_server.attribution.store import ShardSpec, ShardStore, plan_shards
 from auditor_server.attribution.verbatim import MANIFEST_FILE as VERBATIM_MANIFEST
 from auditor_server.attribution.verbatim import VerbatimIndex
@@ -36,6 +38,7 @@ from auditor_server.fsutil import (
     atomic_path,
     atomic_write,
     atomic_write_json,
+    fsync_dir,
     sha256_file,
     sha256_json,
 )
@@ -71,12 +74,15 @@ def build_index(
     feature_config: FeatureConfig | None = None,
     index_config: IndexConfig | None = None,
     device: str = "cpu",
+    dtype: str = "float32",
     progress: bool = True,
 ) -> BuildResult | None:
     """Build (or resume building) an attribution index.
 
-    Under ``torchrun`` every rank computes its share of the shards; rank 0 then fits the
-    preconditioner, builds the index and returns the result, other ranks return None.
+    Under ``torchrun`` every rank tokenizes and featurizes its share of the shards, folds
+    its shards into the preconditioner's second moments (all-reduced) and writes its rows of
+    the vector store; rank 0 then builds the index and returns the result, other ranks
+    return None. No process holds more than one shard of rows, plus (rank 0) the index.
 
     Raises:
         CorpusError: the corpus is invalid (nothing is written).
@@ -84,9 +90,9 @@ def build_index(
     """
     feature_config = feature_config or FeatureConfig()
     index_config = index_config or IndexConfig()
-    with distributed_topology() as topo:
+    with distributed_topology(device) as topo:
         return _build(
-            topo, model_dir, corpus_path, out_dir, feature_config, index_config, device, progress
+            topo, model_dir, corpus_path, out_dir, feature_config, index_config, dtype, progress
         )
 
 
@@ -97,7 +103,7 @@ def _build(
     out_dir: Path,
     feature_config: FeatureConfig,
     index_config: IndexConfig,
-    device: str,
+    dtype: str,
     progress: bool,
 ) -> BuildResult | None:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,10 +111,10 @@ def _build(
     if topo.is_main:
         _ensure_catalog(corpus_path, catalog_path)
     topo.barrier()
-    lm = load_model(model_dir, device=device)
+    lm = load_model(model_dir, device=topo.device, dtype=model_dtype(dtype, model_dir))
     with Catalog.open(catalog_path) as catalog:
         featurizer = Featurizer(lm, feature_config)
-        token_ids, rows = featurizer.tokenize_records([r.text for r in catalog])
+        rows = row_table(topo, catalog, featurizer)
         plan = _plan(lm, catalog, featurizer, feature_config, len(rows))
         if topo.is_main:
             _ensure_plan(out_dir, plan, rows)
@@ -132,13 +138,16 @@ def _build(
         with bar:
             for spec in todo:
                 feats = featurizer.featurize_rows(
-                    token_ids, rows, range(spec.start, spec.stop), on_batch=bar.update
+                    shard_tokens(featurizer, catalog, rows, spec),
+                    rows,
+                    range(spec.start, spec.stop),
+                    on_batch=bar.update,
                 )
                 store.write(spec, feats)
         topo.barrier()
+        fit_and_write(topo, out_dir, catalog, rows, store, shards, index_config, plan)
         if not topo.is_main:
             return None
-        fit_and_write(out_dir, catalog, rows, store, shards, index_config)
         snapshot_id = write_manifest(
             out_dir, catalog, plan, index_config, store, shards, model_dir=lm.model_dir
         )
@@ -151,6 +160,60 @@ def _build(
             shards_computed=len(todo),
             shards_reused=len(mine) - len(todo),
         )
+
+
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""Weight dtypes a build may load the model in (``auto``: the checkpoint's own)."""
+
+
+def model_dtype(name: str, model_dir: Path) -> torch.dtype:
+    """The dtype to load the model's weights in.
+
+    ``auto`` reads ``torch_dtype`` (or ``dtype``) from the checkpoint's ``config.json``, so a
+    model trained and saved in bf16 is featurized in bf16 without doubling its memory;
+    gradients are projected and stored in float32 either way.
+    """
+    if name != "auto":
+        if name not in MODEL_DTYPES:
+            raise ConfigError(f"unknown dtype {name!r}; use auto, {', '.join(MODEL_DTYPES)}")
+        return MODEL_DTYPES[name]
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {model_dir / 'config.json'}: {exc}") from exc
+    saved = config.get("torch_dtype") or config.get("dtype") or "float32"
+    return MODEL_DTYPES.get(str(saved), torch.float32)
+
+
+TOKENIZE_RECORDS = 4096
+"""Records tokenized at a time while cutting the row table."""
+
+
+def row_table(topo: Topology, catalog: Catalog, featurizer: Featurizer) -> RowTable:
+    """Every row of the corpus, each rank tokenizing only its own contiguous share.
+
+    Token ids are dropped once the windows are cut (a shard re-tokenizes its few records
+    when it is featurized), so a rank holds one batch of texts at a time plus the row table
+    itself (five integers a row); the parts are all-gathered in record order.
+    """
+    share = topo.share(len(catalog))
+    parts = []
+    for start in range(share.start, share.stop, TOKENIZE_RECORDS):
+        stop = min(start + TOKENIZE_RECORDS, share.stop)
+        _, rows = featurizer.tokenize_records(catalog.texts(start, stop))
+        parts.append(rows.shifted(start).to_matrix())
+    mine = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(ROW_FIELDS)), np.int64)
+    return RowTable.from_matrix(topo.all_gather_rows(mine))
+
+
+def shard_tokens(
+    featurizer: Featurizer, catalog: Catalog, rows: RowTable, spec: ShardSpec
+) -> dict[int, list[int]]:
+    """Token ids of the records ``spec``'s rows come from, keyed by record ordinal."""
+    first = int(rows.record[spec.start])
+    last = int(rows.record[spec.stop - 1])
+    ids, _ = featurizer.tokenize_records(catalog.texts(first, last + 1))
+    return {first + i: tokens for i, tokens in enumerate(ids)}
 
 
 def _ensure_catalog(corpus_path: Path, catalog_path: Path) -> None:
@@ -313,47 +376,103 @@ def _ensure_plan(out_dir: Path, plan: dict[str, Any], rows: RowTable) -> None:
 
 
 def fit_and_write(
+    topo: Topology,
     out_dir: Path,
     catalog: Catalog,
     rows: RowTable,
     store: ShardStore,
     shards: list[ShardSpec],
     index_config: IndexConfig,
+    plan: dict[str, Any],
 ) -> None:
-    """Fit the preconditioner, then write it, the vectors and the FAISS index."""
-    missing = [s.stem for s in shards if not store.is_done(s)]
+    """Fit the preconditioner, then write it, the vectors and the FAISS index.
+
+    Streaming, in three passes over each rank's own shards: fold the allowed rows into the
+    per-module second moments (summed over ranks), precondition and write each shard's rows
+    into the shared vector file, then (rank 0) train the index on a sample and fill it chunk
+    by chunk from the memory-mapped vectors.
+    """
+    mine = [s for s in shards if topo.owns(s.index)]
+    missing = [s.stem for s in mine if not store.is_done(s)]
     if missing:
         raise IntegrityError(f"shards not finished: {', '.join(missing[:5])}")
-    raw = store.read_all(shards)
     fit_mask = _fit_mask(catalog, rows, index_config)
-    if not fit_mask.any():
-        raise ConfigError("no rows to fit the preconditioner on (every record is private?)")
-    precond = Preconditioner.fit(raw[fit_mask], index_config)
-    vectors = precond.apply(raw)
-    del raw
-    write_artifacts(out_dir, precond, vectors, index_config, fit_mask)
+    moments = SecondMoments(
+        len(plan["modules"]), FeatureConfig.from_dict(plan["feature_config"]).dims_per_module
+    )
+    for spec in mine:
+        moments.add(store.read(spec)[fit_mask[spec.start : spec.stop]])
+    summed = topo.all_reduce_sum(np.append(moments.sums.ravel(), float(moments.count)))
+    moments.sums = summed[:-1].reshape(moments.sums.shape)
+    moments.count = int(summed[-1])
+    if moments.count == 0:
+        raise ConfigError(
+            "no rows to fit the preconditioner on (every record is of an excluded class: "
+            f"{', '.join(sorted(index_config.fit_excluded))})"
+        )
+    precond_path = out_dir / layout.PRECONDITIONER
+    if topo.is_main:
+        Preconditioner.from_moments(moments, index_config).save(precond_path)
+    topo.barrier()
+    # Every rank applies the very maps rank 0 saved (not its own refit, which another
+    # node's LAPACK could round differently).
+    precond = Preconditioner.load(precond_path)
+    _write_vectors(
+        topo, out_dir, precond, store, shards, len(rows), moments.n_modules * moments.dims
+    )
+    if topo.is_main:
+        vectors = np.load(out_dir / layout.VECTORS, mmap_mode="r")
+        index = build_faiss_index(vectors, index_config, train_mask=fit_mask)
+        with atomic_path(out_dir / layout.FAISS_INDEX) as tmp:
+            write_index(index, tmp)
+        del vectors
+    topo.barrier()
+
+
+PARTIAL_VECTORS = ".vectors.partial.npy"
+"""Where the ranks write preconditioned rows before rank 0 renames the file into place."""
+
+
+def _write_vectors(
+    topo: Topology,
+    out_dir: Path,
+    precond: Preconditioner,
+    store: ShardStore,
+    shards: list[ShardSpec],
+    n_rows: int,
+    dim: int,
+) -> None:
+    """Each rank preconditions its own shards into one shared fp16 ``.npy`` file.
+
+    The file is created whole (sparse) by rank 0 under a temporary name, filled in place by
+    every rank, flushed, and renamed into place by rank 0 only after every rank is done: a
+    crash leaves at most a stale temporary, never a half-written store.
+    """
+    partial = out_dir / PARTIAL_VECTORS
+    if topo.is_main:
+        np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n_rows, dim)).flush()
+    topo.barrier()
+    target = np.lib.format.open_memmap(partial, mode="r+")
+    for spec in shards:
+        if topo.owns(spec.index):
+            target[spec.start : spec.stop] = precond.apply(store.read(spec)).astype(np.float16)
+    target.flush()
+    del target
+    topo.barrier()
+    if topo.is_main:
+        with partial.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(partial, out_dir / layout.VECTORS)
+        fsync_dir(out_dir)
+    topo.barrier()
 
 
 def _fit_mask(catalog: Catalog, rows: RowTable, config: IndexConfig) -> NDArray[np.bool_]:
     classes = np.asarray(catalog.data_classes())
-    if not config.exclude_private_from_fit:
+    excluded = sorted(config.fit_excluded)
+    if not excluded:
         return np.ones(len(rows), dtype=bool)
-    return np.asarray(classes[rows.record] != "private")
-
-
-def write_artifacts(
-    out_dir: Path,
-    precond: Preconditioner,
-    vectors: NDArray[np.float32],
-    config: IndexConfig,
-    fit_mask: NDArray[np.bool_],
-) -> None:
-    """Write preconditioner, fp16 vectors and FAISS index, each atomically."""
-    precond.save(out_dir / layout.PRECONDITIONER)
-    atomic_write(out_dir / layout.VECTORS, lambda fh: np.save(fh, vectors.astype(np.float16)))
-    index = build_faiss_index(vectors, config, train_mask=fit_mask)
-    with atomic_path(out_dir / layout.FAISS_INDEX) as tmp:
-        write_index(index, tmp)
+    return np.asarray(~np.isin(classes[rows.record], excluded))
 
 
 def write_manifest(
@@ -434,7 +553,7 @@ def reindex(index_dir: Path, index_config: IndexConfig) -> str:
         ensure_verbatim(index_dir, catalog)
         store = ShardStore(index_dir)
         shards = plan_shards(len(rows), feature_config.shard_rows)
-        fit_and_write(index_dir, catalog, rows, store, shards, index_config)
+        fit_and_write(Topology(), index_dir, catalog, rows, store, shards, index_config, plan)
         return write_manifest(
             index_dir,
             catalog,

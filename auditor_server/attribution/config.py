@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from auditor_server.corpus.records import DATA_CLASSES
 from auditor_server.errors import ConfigError
 
 PreconditionerKind = Literal["identity", "empirical_fisher", "gn"]
@@ -153,6 +154,10 @@ class IndexConfig:
     exclude_private_from_fit: bool = True
     """Fit the preconditioner (and IVF quantizers) on non-private rows only, so that no answer
     about other data depends on private records being in the store."""
+    fit_exclude_classes: tuple[str, ...] = ()
+    """Further data classes kept out of the fit, for the same reason: every class some role
+    of the serving policy may not see (``build --policy`` / ``reindex --policy`` set it from
+    the policy, and ``serve`` refuses a policy that hides a class the fit included)."""
 
     def __post_init__(self) -> None:
         if self.preconditioner not in ("identity", "empirical_fisher", "gn"):
@@ -169,8 +174,19 @@ class IndexConfig:
             raise ConfigError("index config: lexical_candidates must be >= 0")
         if self.lexical_fusion < 0:
             raise ConfigError("index config: lexical_fusion must be >= 0")
+        unknown = sorted(set(self.fit_exclude_classes) - set(DATA_CLASSES))
+        if unknown:
+            raise ConfigError(f"index config: unknown data class(es) {unknown} in fit_exclude")
+        if list(self.fit_exclude_classes) != sorted(set(self.fit_exclude_classes)):
+            raise ConfigError("index config: fit_exclude_classes must be sorted and unique")
         if self.nlist < 0 or self.nprobe < 1 or self.rerank < 1 or self.pq_m < 0:
             raise ConfigError("index config: nlist/pq_m must be >= 0, nprobe/rerank >= 1")
+
+    @property
+    def fit_excluded(self) -> frozenset[str]:
+        """Every data class whose rows shape neither the preconditioner nor the quantizers."""
+        private = {"private"} if self.exclude_private_from_fit else set()
+        return frozenset(private | set(self.fit_exclude_classes))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; round-trips through :meth:`from_dict`."""

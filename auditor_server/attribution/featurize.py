@@ -8,7 +8,7 @@ loss counts: every predicted token of a training window, but only the completion
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class Featurizer:
 
     def featurize_rows(
         self,
-        token_ids: Sequence[Sequence[int]],
+        token_ids: Mapping[int, Sequence[int]] | Sequence[Sequence[int]],
         rows: RowTable,
         indices: Sequence[int],
         *,
@@ -65,8 +65,10 @@ class Featurizer:
     ) -> NDArray[np.float32]:
         """Raw features ``(len(indices), modules, dims)`` of the given rows, in that order.
 
-        Rows are batched by length (a deterministic order) to waste little work on padding;
-        each row's features do not depend on its batch-mates.
+        ``token_ids[ordinal]`` are the tokens of the record at that ordinal (a mapping holding
+        only the records these rows come from is enough). Rows are batched by length (a
+        deterministic order) to waste little work on padding; each row's features do not
+        depend on its batch-mates.
         """
         order = sorted(
             range(len(indices)),

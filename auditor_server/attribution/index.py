@@ -36,50 +36,86 @@ def default_nlist(n_rows: int) -> int:
     return max(1, min(int(4 * math.sqrt(max(n_rows, 1))), max(1, n_rows // 39)))
 
 
+TRAIN_SAMPLE_ROWS = 262_144
+"""Most rows the quantizers of an approximate index are trained on (a seeded sample of the
+allowed training rows when there are more): k-means and PQ training need tens of points per
+centroid, not every row, and a sample keeps the build's memory independent of the store."""
+
+ADD_CHUNK_ROWS = 65_536
+"""Rows converted to float32 and added to the index at a time."""
+
+
+def _float_rows(vectors: NDArray[Any], rows: NDArray[np.int64] | slice) -> NDArray[np.float32]:
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def training_rows(
+    n_rows: int, train_mask: NDArray[np.bool_] | None, *, limit: int = TRAIN_SAMPLE_ROWS
+) -> NDArray[np.int64]:
+    """Sorted ids of the rows the quantizers train on: all allowed rows, or a seeded sample."""
+    allowed = (
+        np.arange(n_rows, dtype=np.int64)
+        if train_mask is None
+        else np.flatnonzero(train_mask).astype(np.int64)
+    )
+    if allowed.size <= limit:
+        return allowed
+    rng = np.random.default_rng(0)
+    return np.sort(rng.choice(allowed, size=limit, replace=False))
+
+
 def build_faiss_index(
-    vectors: NDArray[np.float32],
+    vectors: NDArray[Any],
     config: IndexConfig,
     *,
     train_mask: NDArray[np.bool_] | None = None,
+    chunk_rows: int = ADD_CHUNK_ROWS,
 ) -> Any:
     """Build the configured index over ``vectors`` (row ``i`` gets id ``i``).
 
+    ``vectors`` may be a read-only memory map of the fp16 store: rows are converted and
+    added ``chunk_rows`` at a time, and approximate kinds train on a sample of at most
+    :data:`TRAIN_SAMPLE_ROWS` rows, so the build holds one chunk plus the index's own codes.
+
     Args:
-        vectors: ``(n, d)`` float32 rows.
+        vectors: ``(n, d)`` rows (float32 or float16, in memory or memory-mapped).
         config: index kind and IVF parameters.
-        train_mask: rows the IVF quantizers may be trained on (all when None); the lab trains
-            them on non-private rows so private data cannot shape answers about other data.
+        train_mask: rows the quantizers may be trained on (all when None); the lab trains
+            them only on rows of classes no role is denied, so withheld data cannot shape
+            answers about other data.
+        chunk_rows: rows added per call.
     """
     faiss = import_faiss()
-    d = vectors.shape[1]
+    n, d = vectors.shape
     metric = faiss.METRIC_INNER_PRODUCT
     if config.index == "exact":
         index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, metric)
-        index.add(np.ascontiguousarray(vectors))
-        return index
-    train = vectors if train_mask is None else vectors[train_mask]
-    if config.index == "pq-fs":
-        m = config.pq_m or max(1, d // 4)
-        while d % m:
-            m -= 1
-        index = faiss.index_factory(d, f"PQ{m}x4fs", metric)
-        index.train(np.ascontiguousarray(train))
-        index.add(np.ascontiguousarray(vectors))
-        return index
-    nlist = config.nlist or default_nlist(train.shape[0])
-    quantizer = faiss.IndexFlatIP(d)
-    if config.index == "ivf-sq":
-        index = faiss.IndexIVFScalarQuantizer(
-            quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, metric
-        )
     else:
-        m = config.pq_m or max(1, d // 8)
-        while d % m:
-            m -= 1
-        index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, metric)
-    index.train(np.ascontiguousarray(train))
-    index.add(np.ascontiguousarray(vectors))
-    index.nprobe = config.nprobe
+        sample = training_rows(n, train_mask)
+        train = _float_rows(vectors, sample)
+        if config.index == "pq-fs":
+            m = config.pq_m or max(1, d // 4)
+            while d % m:
+                m -= 1
+            index = faiss.index_factory(d, f"PQ{m}x4fs", metric)
+        else:
+            n_allowed = n if train_mask is None else int(train_mask.sum())
+            nlist = config.nlist or default_nlist(n_allowed)
+            quantizer = faiss.IndexFlatIP(d)
+            if config.index == "ivf-sq":
+                index = faiss.IndexIVFScalarQuantizer(
+                    quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, metric
+                )
+            else:
+                m = config.pq_m or max(1, d // 8)
+                while d % m:
+                    m -= 1
+                index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, metric)
+            index.nprobe = config.nprobe
+        index.train(train)
+        del train
+    for start in range(0, n, chunk_rows):
+        index.add(_float_rows(vectors, slice(start, min(start + chunk_rows, n))))
     return index
 
 

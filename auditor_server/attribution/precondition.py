@@ -23,6 +23,32 @@ from auditor_server.attribution.config import IndexConfig
 from auditor_server.fsutil import atomic_write
 
 
+class SecondMoments:
+    """Running per-module sums ``Σ φ_m φ_mᵀ`` (float64) and the number of rows folded in."""
+
+    def __init__(self, n_modules: int, dims: int) -> None:
+        self.n_modules = n_modules
+        self.dims = dims
+        self.sums = np.zeros((n_modules, dims, dims), dtype=np.float64)
+        self.count = 0
+
+    def add(self, features: NDArray[np.float32]) -> None:
+        """Fold in raw features ``(n, modules, dims)``."""
+        if features.shape[1:] != (self.n_modules, self.dims):
+            raise ValueError(
+                f"features of shape {features.shape[1:]} do not match "
+                f"({self.n_modules}, {self.dims})"
+            )
+        for m in range(self.n_modules):
+            block = features[:, m, :].astype(np.float64)
+            self.sums[m] += block.T @ block
+        self.count += int(features.shape[0])
+
+    def means(self) -> NDArray[np.float64]:
+        """``E[φ_m φ_mᵀ]`` per module (zeros when no row was added)."""
+        return self.sums / max(self.count, 1)
+
+
 @dataclass(frozen=True)
 class Preconditioner:
     """Per-module linear maps applied to ``(n, modules, dims)`` features, then flattened."""
@@ -33,15 +59,25 @@ class Preconditioner:
 
     @classmethod
     def fit(cls, features: NDArray[np.float32], config: IndexConfig) -> Preconditioner:
-        """Fit on raw training features ``(n, modules, dims)``."""
-        _, n_modules, dims = features.shape
+        """Fit on raw training features ``(n, modules, dims)`` held in memory."""
+        moments = SecondMoments(features.shape[1], features.shape[2])
+        moments.add(features)
+        return cls.from_moments(moments, config)
+
+    @classmethod
+    def from_moments(cls, moments: SecondMoments, config: IndexConfig) -> Preconditioner:
+        """Fit from streamed (and, across ranks, summed) second moments.
+
+        Why streamed: at lab scale the rows do not fit in one process; the per-module sums
+        ``Σ φφᵀ`` do (modules × dims² floats), so each rank folds in its own shards one at a
+        time and the sums are all-reduced before this is called.
+        """
+        n_modules, dims = moments.n_modules, moments.dims
         if config.preconditioner == "identity":
             eye = np.broadcast_to(np.eye(dims, dtype=np.float32), (n_modules, dims, dims))
             return cls("identity", np.ascontiguousarray(eye), config.normalization)
         transforms = np.empty((n_modules, dims, dims), dtype=np.float32)
-        for m in range(n_modules):
-            block = features[:, m, :].astype(np.float64)
-            fisher = block.T @ block / max(block.shape[0], 1)
+        for m, fisher in enumerate(moments.means()):
             eigvals, eigvecs = np.linalg.eigh(fisher)
             eigvals = np.clip(eigvals, 0.0, None)
             mean = float(eigvals.mean())

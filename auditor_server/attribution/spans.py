@@ -39,6 +39,23 @@ class RowTable:
         """Inverse of :meth:`to_arrays`."""
         return cls(**{name: np.asarray(arrays[name], dtype=np.int64) for name in ROW_FIELDS})
 
+    def to_matrix(self) -> NDArray[np.int64]:
+        """``(rows, 5)`` int64, columns in ``ROW_FIELDS`` order (for collectives)."""
+        return np.stack([getattr(self, name) for name in ROW_FIELDS], axis=1).reshape(
+            -1, len(ROW_FIELDS)
+        )
+
+    @classmethod
+    def from_matrix(cls, matrix: NDArray[np.int64]) -> RowTable:
+        """Inverse of :meth:`to_matrix`."""
+        return cls(
+            **{name: np.ascontiguousarray(matrix[:, i]) for i, name in enumerate(ROW_FIELDS)}
+        )
+
+    def shifted(self, first_record: int) -> RowTable:
+        """The same rows with record ordinals counted from ``first_record``."""
+        return RowTable(**{**self.to_arrays(), "record": self.record + first_record})
+
     def equals(self, other: RowTable) -> bool:
         """Column-wise equality (used to check a resumed build cuts rows the same way)."""
         return all(np.array_equal(getattr(self, n), getattr(other, n)) for n in ROW_FIELDS)

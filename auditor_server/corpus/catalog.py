@@ -223,6 +223,19 @@ class Catalog:
             for row in rows:
                 yield _row_to_record(row)
 
+    def texts(self, start: int, stop: int) -> list[str]:
+        """Texts of the records at ordinals ``[start, stop)``, in order.
+
+        Why: a build rank tokenizes only its own share of the corpus, a range at a time,
+        instead of holding every record.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT text FROM records WHERE ordinal >= ? AND ordinal < ? ORDER BY ordinal",
+                (start, stop),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
     def record_at(self, ordinal: int) -> Record:
         """Return the record at ``ordinal`` (0-based).
 
@@ -277,9 +290,7 @@ class Catalog:
     def data_classes(self) -> list[DataClass]:
         """One data class per ordinal, so the policy can mask rows without loading texts."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT data_class FROM records ORDER BY ordinal"
-            ).fetchall()
+            rows = self._conn.execute("SELECT data_class FROM records ORDER BY ordinal").fetchall()
         out: list[DataClass] = []
         for (value,) in rows:
             if value not in DATA_CLASSES:

@@ -278,6 +278,14 @@ class Policy:
         levels = self.role(role).disclosure
         return frozenset(c for c in DATA_CLASSES if levels.get(c, "none") == "none")
 
+    def hidden_from_some_role(self) -> frozenset[str]:
+        """Data classes at least one role may not see (always ``private``).
+
+        The attribution index's preconditioner and quantizers must be fitted without them,
+        or their rows would shape answers given to a role that may not know they exist.
+        """
+        return frozenset(c for name in self.roles for c in self.hidden_classes(name))
+
     def generation_withheld_classes(self, role: str) -> frozenset[str]:
         """Data classes whose training text ``role``'s Generate calls may not reproduce.
 

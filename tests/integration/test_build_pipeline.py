@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from auditor_server.attribution import layout
-from auditor_server.attribution.build import build_index, reindex
+from auditor_server.attribution.build import PARTIAL_VECTORS, build_index, reindex
 from auditor_server.attribution.config import FeatureConfig, IndexConfig
 from auditor_server.attribution.engine import AttributionEngine
+from auditor_server.attribution.precondition import Preconditioner
+from auditor_server.attribution.store import ShardStore, plan_shards
 from auditor_server.corpus.demo import generate_demo_corpus
 from auditor_server.errors import ConfigError, IndexMismatchError, InputError
 from tests.fixtures.tiny_models import make_tiny_model_dir
@@ -130,7 +132,78 @@ def test_torchrun_two_ranks_gives_the_same_features(setup: dict[str, Path]) -> N
     manifest = json.loads((out / layout.MANIFEST).read_text())
     ref = json.loads((setup["reference"] / layout.MANIFEST).read_text())
     assert manifest["n_rows"] == ref["n_rows"]
+    # Each rank tokenized half the corpus; the gathered row table is the one-process one.
+    with np.load(out / layout.ROWS) as got, np.load(setup["reference"] / layout.ROWS) as want:
+        for name in want.files:
+            np.testing.assert_array_equal(got[name], want[name])
+    # Moments summed over ranks: the same preconditioner up to float rounding.
+    with (
+        np.load(out / layout.PRECONDITIONER) as got,
+        np.load(setup["reference"] / layout.PRECONDITIONER) as want,
+    ):
+        np.testing.assert_allclose(got["transforms"], want["transforms"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(_vectors(out), _vectors(setup["reference"]), atol=2e-3)
+    assert not (out / PARTIAL_VECTORS).exists()
+
+
+def test_bf16_weights_give_nearly_the_float32_rows(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "bf16"
+    proc = subprocess.run(
+        _cli(*_build_args(setup["model"], setup["corpus"], out), "--dtype", "bfloat16"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = _vectors(out), _vectors(setup["reference"])
+    cosine = np.sum(got * want, axis=1)  # both unit rows
+    assert np.median(cosine) > 0.95, np.median(cosine)
+    assert not np.array_equal(got, want)  # bf16 really was used
+
+
+def test_a_class_the_policy_hides_is_kept_out_of_the_fit(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    index = tmp_path / "index"
+    shutil.copytree(setup["reference"], index)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        (REPO / "policy" / "default.yaml")
+        .read_text()
+        .replace("auditor_registry: auditors.example.yaml", "auditor_registry: auditors.yaml")
+        .replace(
+            "      public: snippet          # public data as short snippets, not whole records",
+            "      public: snippet\n      proprietary: none",
+        )
+    )
+    shutil.copy(REPO / "policy" / "auditors.example.yaml", tmp_path / "auditors.yaml")
+    proc = subprocess.run(
+        _cli("reindex", "--index", str(index), "--policy", str(policy), "--no-progress"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((index / layout.MANIFEST).read_text())
+    assert manifest["index_config"]["fit_exclude_classes"] == ["proprietary"]
+    # The preconditioner is exactly the one fitted on the public rows alone.
+    with AttributionEngine.open(index) as engine:
+        classes = np.asarray(engine.catalog.data_classes())
+    rows = np.load(index / layout.ROWS)["record"]
+    store = ShardStore(index)
+    plan = json.loads((index / layout.PLAN).read_text())
+    raw = store.read_all(
+        plan_shards(len(rows), FeatureConfig.from_dict(plan["feature_config"]).shard_rows)
+    )
+    public = classes[rows] == "public"
+    assert 0 < public.sum() < (classes[rows] != "private").sum()
+    expected = Preconditioner.fit(raw[public], IndexConfig())
+    got = Preconditioner.load(index / layout.PRECONDITIONER)
+    np.testing.assert_allclose(got.transforms, expected.transforms, rtol=1e-4, atol=1e-6)
 
 
 def test_engine_answers_with_spans_and_module_shares(
@@ -172,9 +245,7 @@ def test_engine_answers_with_spans_and_module_shares(
             engine.attribute("a", " b", exclude_classes={"secret"})
 
 
-def test_private_rows_are_excluded_before_ranking(
-    setup: dict[str, Path], tmp_path: Path
-) -> None:
+def test_private_rows_are_excluded_before_ranking(setup: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 
     # The gradient index alone (no lexical candidates, best window): excluding a class is a

@@ -79,6 +79,7 @@ def test_config_defaults_are_pinned() -> None:
         "lexical_candidates": 100,
         "lexical_fusion": 10,
         "exclude_private_from_fit": True,
+        "fit_exclude_classes": [],
     }
     assert FeatureConfig.from_dict(FeatureConfig().to_dict()) == FeatureConfig()
     assert IndexConfig.from_dict(IndexConfig().to_dict()) == IndexConfig()
