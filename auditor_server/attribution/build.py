@@ -32,7 +32,7 @@ from auditor_server.attribution.store import ShardSpec, ShardStore, plan_shards
 from auditor_server.attribution.verbatim import MANIFEST_FILE as VERBATIM_MANIFEST
 from auditor_server.attribution.verbatim import VerbatimIndex
 from auditor_server.corpus.catalog import Catalog
-from auditor_server.corpus.records import corpus_manifest_hash, read_corpus
+from auditor_server.corpus.records import corpus_manifest_hash, iter_corpus
 from auditor_server.errors import ConfigError, IndexMismatchError, IntegrityError
 from auditor_server.fsutil import (
     atomic_path,
@@ -217,17 +217,16 @@ def shard_tokens(
 
 
 def _ensure_catalog(corpus_path: Path, catalog_path: Path) -> None:
-    """Ingest the corpus, or check that an existing catalog holds exactly this corpus."""
-    records = read_corpus(corpus_path)
+    """Ingest the corpus (streamed), or check that an existing catalog holds exactly it."""
     if catalog_path.exists():
         with Catalog.open(catalog_path) as existing:
-            if existing.manifest_hash != corpus_manifest_hash(records):
+            if existing.manifest_hash != corpus_manifest_hash(iter_corpus(corpus_path)):
                 raise IndexMismatchError(
                     f"{catalog_path.parent} was built from a different corpus; "
                     "use a new --out directory"
                 )
         return
-    Catalog.create(catalog_path, records).close()
+    Catalog.create(catalog_path, iter_corpus(corpus_path)).close()
 
 
 GUARD_KEY_BYTES = 32

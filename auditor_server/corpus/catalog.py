@@ -17,7 +17,7 @@ import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -25,10 +25,10 @@ from typing import Self
 from auditor_server.corpus.records import (
     DATA_CLASSES,
     DataClass,
+    ManifestHasher,
     Record,
     Source,
-    corpus_manifest_hash,
-    read_corpus,
+    iter_corpus,
 )
 from auditor_server.errors import InputError, IntegrityError
 
@@ -52,6 +52,7 @@ CREATE TABLE records (
 """
 _COLUMNS = "id, text, title, publisher, url, license, data_class"
 _BATCH = 1000
+_INSERT_RECORD = f"INSERT INTO records (ordinal, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 (constant)
 
 
 def _row_to_record(row: tuple[str, str, str, str, str, str, str]) -> Record:
@@ -92,8 +93,14 @@ class Catalog:
         self._size = size
 
     @classmethod
-    def create(cls, db_path: Path, records: Sequence[Record]) -> Catalog:
+    def create(cls, db_path: Path, records: Iterable[Record]) -> Catalog:
         """Write a new catalog atomically and open it.
+
+        ``records`` is consumed once, as a stream (:func:`iter_corpus` of a corpus file):
+        rows go to SQLite in batches and the manifest hash is computed on the way, so a
+        corpus larger than memory can be catalogued. Everything happens in one transaction
+        on a temporary file renamed into place at the end, so an error part-way (a bad
+        line, a repeated id) leaves nothing behind.
 
         Args:
             db_path: Where the catalog goes; an existing file there is replaced only once the
@@ -105,49 +112,53 @@ class Catalog:
 
         Raises:
             InputError: ``records`` is empty or repeats an id (nothing is written).
+            CorpusError: raised by the stream itself (nothing is written).
             OSError, sqlite3.Error: Writing failed; no file is left at ``db_path`` and a
                 previous catalog there is untouched.
         """
-        if not records:
-            raise InputError("cannot create a catalog with no records")
-        seen: set[str] = set()
-        for record in records:
-            if record.id in seen:
-                raise InputError(f"duplicate record id {record.id!r}")
-            seen.add(record.id)
-        manifest = corpus_manifest_hash(records)
         directory = db_path.parent
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{db_path.name}.", suffix=".tmp", dir=directory)
         os.close(fd)
         tmp = Path(tmp_name)
+        hasher = ManifestHasher()
+        count, last_id = 0, ""
+
+        def rows() -> Iterator[tuple[object, ...]]:
+            nonlocal count, last_id
+            for ordinal, r in enumerate(records):
+                hasher.update(r)
+                count, last_id = ordinal + 1, r.id
+                yield (
+                    ordinal,
+                    r.id,
+                    r.text,
+                    r.source.title,
+                    r.source.publisher,
+                    r.source.url,
+                    r.source.license,
+                    r.source.data_class,
+                )
+
         try:
             conn = sqlite3.connect(tmp)
             try:
                 conn.executescript(_SCHEMA)
+                try:
+                    conn.executemany(_INSERT_RECORD, rows())
+                except sqlite3.IntegrityError:
+                    # The row being inserted when the UNIQUE constraint fired.
+                    raise InputError(f"duplicate record id {last_id!r}") from None
+                if count == 0:
+                    raise InputError("cannot create a catalog with no records")
+                manifest = hasher.value()
                 conn.executemany(
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [
                         ("format", CATALOG_FORMAT),
                         ("manifest_hash", manifest),
-                        ("record_count", str(len(records))),
+                        ("record_count", str(count)),
                     ],
-                )
-                conn.executemany(
-                    f"INSERT INTO records (ordinal, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 (constant)
-                    (
-                        (
-                            ordinal,
-                            r.id,
-                            r.text,
-                            r.source.title,
-                            r.source.publisher,
-                            r.source.url,
-                            r.source.license,
-                            r.source.data_class,
-                        )
-                        for ordinal, r in enumerate(records)
-                    ),
                 )
                 conn.commit()
             finally:
@@ -332,5 +343,4 @@ def ingest(corpus_path: Path, db_path: Path) -> Catalog:
         CorpusError: A record is invalid; nothing is written and any previous catalog at
             ``db_path`` is untouched.
     """
-    records = read_corpus(corpus_path)
-    return Catalog.create(db_path, records)
+    return Catalog.create(db_path, iter_corpus(corpus_path))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -27,9 +27,11 @@ __all__ = [
     "DATA_CLASSES",
     "MANIFEST_DOMAIN",
     "DataClass",
+    "ManifestHasher",
     "Record",
     "Source",
     "corpus_manifest_hash",
+    "iter_corpus",
     "parse_record",
     "read_corpus",
 ]
@@ -215,11 +217,10 @@ def parse_record(raw: bytes, lineno: int) -> Record:
 
 
 def read_corpus(path: Path) -> list[Record]:
-    """Read and validate a whole JSONL corpus file.
+    """Read and validate a whole JSONL corpus file into memory.
 
     Blank (whitespace-only) lines are skipped but still counted, so line numbers in errors
-    match what an editor shows. The whole file is validated before anything is returned,
-    which is what lets :func:`~auditor_server.corpus.catalog.ingest` be all-or-nothing.
+    match what an editor shows. The whole file is validated before anything is returned.
 
     Args:
         path: The corpus file.
@@ -232,32 +233,44 @@ def read_corpus(path: Path) -> list[Record]:
         CorpusError: Any line is invalid (see :func:`parse_record`), an id repeats (the
             error names both lines), or the file holds no records.
     """
+    return list(iter_corpus(path))
+
+
+def iter_corpus(path: Path) -> Iterator[Record]:
+    """Validate and yield a JSONL corpus one record at a time, in file order.
+
+    Why: a lab corpus of 10⁹ tokens does not belong in one process's memory; the catalog
+    is written from this stream (inside one transaction, so an error part-way leaves
+    nothing). Only the ids seen so far are kept, to name both lines of a duplicate.
+    Raises the same errors as :func:`read_corpus`, when the bad line (or, for a corpus
+    with no records, the end) is reached.
+    """
     try:
-        data = path.read_bytes()
+        handle = path.open("rb")
     except FileNotFoundError:
         raise InputError(f"corpus file not found: {path}") from None
     except OSError as exc:
         raise InputError(f"cannot read corpus file {path}: {exc.strerror}") from None
-    records: list[Record] = []
     first_seen: dict[str, int] = {}
-    for index, line in enumerate(data.split(b"\n")):
-        lineno = index + 1
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line.strip():
-            continue
-        record = parse_record(line, lineno)
-        if record.id in first_seen:
-            raise CorpusError(
-                lineno,
-                "id",
-                f"duplicate id {record.id!r} (first seen on line {first_seen[record.id]})",
-            )
-        first_seen[record.id] = lineno
-        records.append(record)
-    if not records:
+    with handle:
+        for index, raw in enumerate(handle):
+            lineno = index + 1
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line.strip():
+                continue
+            record = parse_record(line, lineno)
+            if record.id in first_seen:
+                raise CorpusError(
+                    lineno,
+                    "id",
+                    f"duplicate id {record.id!r} (first seen on line {first_seen[record.id]})",
+                )
+            first_seen[record.id] = lineno
+            yield record
+    if not first_seen:
         raise CorpusError(1, _WHOLE_LINE, "corpus file contains no records")
-    return records
 
 
 def canonical_record_bytes(record: Record) -> bytes:
@@ -272,7 +285,21 @@ def canonical_record_bytes(record: Record) -> bytes:
     return text.encode("utf-8") + b"\n"
 
 
-def corpus_manifest_hash(records: Sequence[Record]) -> str:
+class ManifestHasher:
+    """The corpus manifest hash, fed one record at a time (for streamed corpora)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256(MANIFEST_DOMAIN)
+
+    def update(self, record: Record) -> None:
+        self._digest.update(canonical_record_bytes(record))
+
+    def value(self) -> str:
+        """``"sha256:<64 hex digits>"`` of the records fed so far."""
+        return "sha256:" + self._digest.hexdigest()
+
+
+def corpus_manifest_hash(records: Iterable[Record]) -> str:
     """Hash a corpus so indexes and answers can prove which corpus they were built from.
 
     The hash covers every record's id, text and source in order, so reordering,
@@ -284,7 +311,7 @@ def corpus_manifest_hash(records: Sequence[Record]) -> str:
     Returns:
         ``"sha256:<64 hex digits>"``.
     """
-    digest = hashlib.sha256(MANIFEST_DOMAIN)
+    hasher = ManifestHasher()
     for record in records:
-        digest.update(canonical_record_bytes(record))
-    return "sha256:" + digest.hexdigest()
+        hasher.update(record)
+    return hasher.value()

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from auditor_server.corpus.catalog import Catalog, ingest
-from auditor_server.corpus.records import Record, Source, corpus_manifest_hash, read_corpus
+from auditor_server.corpus.records import (
+    Record,
+    Source,
+    corpus_manifest_hash,
+    iter_corpus,
+    read_corpus,
+)
 from auditor_server.errors import CorpusError, InputError
 
 CLASSES = ("public", "proprietary", "private")
@@ -179,3 +186,27 @@ def test_manifest_hash_matches_file(tmp_path: Path) -> None:
     reordered = write_corpus(tmp_path / "r.jsonl", list(reversed(records)))
     with ingest(reordered, tmp_path / "b.db") as b, Catalog.open(tmp_path / "a.db") as a:
         assert b.manifest_hash != a.manifest_hash
+
+
+def test_a_streamed_corpus_makes_the_same_catalog_and_a_late_bad_line_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    records = [make_record(i) for i in range(2500)]  # more than one insert batch
+    corpus = write_corpus(tmp_path / "c.jsonl", records)
+    consumed: list[str] = []
+
+    def stream() -> Iterator[Record]:
+        for record in iter_corpus(corpus):
+            consumed.append(record.id)
+            yield record
+
+    with Catalog.create(tmp_path / "streamed.db", stream()) as catalog:
+        assert catalog.manifest_hash == corpus_manifest_hash(read_corpus(corpus))
+        assert len(catalog) == 2500 == len(consumed)
+        assert catalog.texts(10, 13) == [r.text for r in records[10:13]]
+        assert catalog.texts(2499, 9999) == [records[-1].text]
+    bad = write_corpus(tmp_path / "bad.jsonl", records, extra=[b'{"id": "late"}'])
+    with pytest.raises(CorpusError, match="line 2501"):
+        Catalog.create(tmp_path / "bad.db", iter_corpus(bad))
+    assert not (tmp_path / "bad.db").exists()
+    assert leftovers(tmp_path, {"c.jsonl", "streamed.db", "bad.jsonl"}) == []
