@@ -444,23 +444,27 @@ def _write_vectors(
     """Each rank preconditions its own shards into one shared fp16 ``.npy`` file.
 
     The file is created whole (sparse) by rank 0 under a temporary name, filled in place by
-    every rank, flushed, and renamed into place by rank 0 only after every rank is done: a
+    every rank, fsynced, and renamed into place by rank 0 only after every rank is done: a
     crash leaves at most a stale temporary, never a half-written store.
     """
     partial = out_dir / PARTIAL_VECTORS
     if topo.is_main:
         np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n_rows, dim)).flush()
     topo.barrier()
-    target = np.lib.format.open_memmap(partial, mode="r+")
-    for spec in shards:
-        if topo.owns(spec.index):
-            target[spec.start : spec.stop] = precond.apply(store.read(spec)).astype(np.float16)
-    target.flush()
-    del target
+    # Positioned writes rather than a writable memory map: the rows go straight to the
+    # file and never count against this process's resident memory.
+    offset = np.load(partial, mmap_mode="r").offset
+    row_bytes = dim * np.dtype(np.float16).itemsize
+    with partial.open("r+b") as fh:
+        for spec in shards:
+            if topo.owns(spec.index):
+                block = precond.apply(store.read(spec)).astype(np.float16)
+                fh.seek(offset + spec.start * row_bytes)
+                fh.write(np.ascontiguousarray(block).tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
     topo.barrier()
     if topo.is_main:
-        with partial.open("rb+") as fh:
-            os.fsync(fh.fileno())
         os.replace(partial, out_dir / layout.VECTORS)
         fsync_dir(out_dir)
     topo.barrier()
