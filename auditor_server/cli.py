@@ -492,6 +492,55 @@ def reindex(index_dir: Path, no_progress: bool, **kw: Any) -> None:
 @main.command()
 @click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
 @click.option(
+    "--ids",
+    "ids_file",
+    required=True,
+    type=_path(exists=True, dir_okay=False),
+    help="Record ids to take down, one per line (# comments allowed).",
+)
+def remove(index_dir: Path, ids_file: Path) -> None:
+    """Take records out of an index (text, rows, derived files) without recomputing gradients.
+
+    Prints the new snapshot id; the old one stays in the snapshot history. Restart `serve`
+    to answer from the new snapshot. The model's weights still carry what they learned.
+    """
+    from auditor_server.attribution.takedown import read_ids, remove_records
+
+    result = remove_records(index_dir, read_ids(ids_file))
+    click.echo(
+        f"removed {result.records_removed:,} records ({result.rows_removed:,} rows); "
+        f"{result.n_records:,} records, {result.n_rows:,} rows remain\n"
+        f"snapshot {result.parent_snapshot_id} -> {result.snapshot_id}"
+    )
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
+def snapshots(index_dir: Path, as_json: bool) -> None:
+    """List every snapshot the index has had, oldest first, with what changed."""
+    import json
+
+    from auditor_server.attribution.snapshots import read_history
+
+    entries = read_history(index_dir)
+    if as_json:
+        click.echo(json.dumps(entries, indent=1))
+        return
+    if not entries:
+        click.echo("no snapshot history (index built before it existed)")
+    for e in entries:
+        change = e["change"]
+        if e["records_removed"]:
+            change += f" -{e['records_removed']} records ({e['removed_ids_sha256'][:19]}…)"
+        if e["records_added"]:
+            change += f" +{e['records_added']} records"
+        click.echo(f"{e['created']}  {e['snapshot_id']}  {change}  ({e['n_records']:,} records)")
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option(
     "--shingle-chars",
     type=click.IntRange(6, 64),
     default=None,

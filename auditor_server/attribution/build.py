@@ -27,6 +27,7 @@ from auditor_server.attribution.distributed import Topology, distributed_topolog
 from auditor_server.attribution.featurize import Featurizer
 from auditor_server.attribution.index import build_faiss_index, write_index
 from auditor_server.attribution.precondition import Preconditioner, SecondMoments
+from auditor_server.attribution.snapshots import append_snapshot
 from auditor_server.attribution.spans import ROW_FIELDS, RowTable
 from auditor_server.attribution.store import ShardSpec, ShardStore, plan_shards
 from auditor_server.attribution.verbatim import MANIFEST_FILE as VERBATIM_MANIFEST
@@ -487,8 +488,14 @@ def write_manifest(
     shards: list[ShardSpec],
     *,
     model_dir: Path,
+    change: dict[str, Any] | None = None,
 ) -> str:
-    """Write the manifest that makes the index openable; returns the snapshot id."""
+    """Write the manifest that makes the index openable; returns the snapshot id.
+
+    The snapshot is first appended to the snapshot history (``change``: the keyword
+    arguments of :func:`append_snapshot`; default a build), so no served snapshot is ever
+    missing from it.
+    """
     feature_config = FeatureConfig.from_dict(plan["feature_config"])
     classes = catalog.data_classes()
     artifacts = {
@@ -526,6 +533,7 @@ def write_manifest(
             for s in shards
         ],
     }
+    append_snapshot(out_dir, manifest, **(change or {"change": "build"}))
     atomic_write_json(out_dir / layout.MANIFEST, manifest)
     return snapshot_id
 
@@ -565,4 +573,5 @@ def reindex(index_dir: Path, index_config: IndexConfig) -> str:
             store,
             shards,
             model_dir=Path(manifest["model_dir"]),
+            change={"change": "reindex"},
         )

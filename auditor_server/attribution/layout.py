@@ -22,4 +22,9 @@ GUARD = "guard"
 #: token stream, its suffix array and record table, and ``verbatim.json``. Lab side only; no
 #: private text is ever in it.
 VERBATIM = "verbatim"
+#: Every snapshot this index has had, with the commitments its id hashes
+#: (``auditor_server.attribution.snapshots``); served, signed, in GetPolicy answers.
+SNAPSHOTS = "snapshots.json"
+#: Where ``auditor-server remove`` stages the next snapshot's catalog, rows and shards.
+TAKEDOWN_STAGE = ".takedown"
 FORMAT_VERSION = 1

@@ -79,6 +79,17 @@ class ShardStore:
                 f"{spec.stem}: got {raw.shape[0]} rows for range {spec.start}:{spec.stop}"
             )
         units, norms = encode_features(raw)
+        return self.write_encoded(spec, units, norms)
+
+    def write_encoded(
+        self, spec: ShardSpec, units: NDArray[np.float16], norms: NDArray[np.float32]
+    ) -> str:
+        """Persist rows already in stored form (a takedown moves rows between shards without
+        re-rounding them); returns the data file's checksum."""
+        if units.shape[0] != spec.stop - spec.start or norms.shape[0] != units.shape[0]:
+            raise ValueError(
+                f"{spec.stem}: got {units.shape[0]} rows for range {spec.start}:{spec.stop}"
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
         data = self.data_path(spec)
         atomic_write(data, lambda fh: np.savez(fh, units=units, norms=norms))
@@ -114,6 +125,16 @@ class ShardStore:
         Raises:
             IntegrityError: if the shard is missing, truncated or fails its checksum.
         """
+        return decode_features(*self.read_encoded(spec, verify=verify))
+
+    def read_encoded(
+        self, spec: ShardSpec, *, verify: bool = True
+    ) -> tuple[NDArray[np.float16], NDArray[np.float32]]:
+        """A shard's rows in stored form: fp16 unit blocks and float32 block norms.
+
+        Raises:
+            IntegrityError: if the shard is missing, truncated or fails its checksum.
+        """
         data = self.data_path(spec)
         if verify and not self.is_done(spec):
             raise IntegrityError(f"{data}: shard missing or failed its checksum; rerun the build")
@@ -122,11 +143,11 @@ class ShardStore:
                 units, norms = npz["units"], npz["norms"]
         except (OSError, ValueError, KeyError) as exc:
             raise IntegrityError(f"{data}: unreadable shard ({exc})") from exc
-        if units.shape[0] != spec.stop - spec.start:
+        if units.shape[0] != spec.stop - spec.start or norms.shape[0] != units.shape[0]:
             raise IntegrityError(
                 f"{data}: holds {units.shape[0]} rows, expected {spec.stop - spec.start}"
             )
-        return decode_features(units, norms)
+        return units, norms
 
     def read_all(self, specs: list[ShardSpec]) -> NDArray[np.float32]:
         """All rows, in row order, as one ``(n, modules, dims)`` array."""

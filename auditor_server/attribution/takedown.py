@@ -1,0 +1,284 @@
+"""``auditor-server remove``: take records out of a built index without recomputing a gradient.
+
+A takedown (an erasure request, a withdrawn licence, an expired contract) must leave no
+trace of the records in what the lab serves: their text leaves the catalog, the guard and
+the verbatim index; their rows leave the gradient shards, the vector file and the FAISS
+index; and the preconditioner and quantizers, which every row shaped, are refitted without
+them. Only the *other* records' stored gradients are reused, moved between shards in their
+stored form (bit for bit), so the cost is reading and writing the store once plus the
+refit, not a featurization. The result has a new snapshot id; the old one stays in the
+snapshot history (:mod:`auditor_server.attribution.snapshots`) with its commitments, so
+answers signed under it still say what they were computed from.
+
+What a takedown cannot undo: the model's weights were trained on the records and still
+carry what they learned (retrain or unlearn for that); answers already given are in the
+auditors' hands and in the ledger; backups and copies of the index made before are the
+lab's to purge.
+
+Crash safety: the next snapshot's catalog, row table, plan and shards are written to
+``INDEX_DIR/.takedown/`` and marked complete (``staged.json``) before anything in the index
+changes. The commit then removes the manifest (the index is not openable while it is
+half-switched), moves the staged files into place, deletes the removed data and rebuilds the
+derived files; rerunning ``remove`` after a crash at any point finishes that commit first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from auditor_server.attribution import layout
+from auditor_server.attribution.build import (
+    ensure_guard,
+    ensure_verbatim,
+    fit_and_write,
+    write_manifest,
+)
+from auditor_server.attribution.config import FeatureConfig, IndexConfig
+from auditor_server.attribution.distributed import Topology
+from auditor_server.attribution.snapshots import removed_ids_digest
+from auditor_server.attribution.spans import RowTable
+from auditor_server.attribution.store import SHARD_DIR, ShardSpec, ShardStore, plan_shards
+from auditor_server.corpus.catalog import Catalog
+from auditor_server.corpus.records import Record
+from auditor_server.errors import ConfigError, InputError
+from auditor_server.fsutil import atomic_write, atomic_write_json, fsync_dir
+
+log = logging.getLogger(__name__)
+
+STAGED = "staged.json"
+"""Written last into the stage: the staged snapshot is complete and may be committed."""
+OLD_SHARDS = ".shards-removed"
+
+
+@dataclass(frozen=True)
+class TakedownResult:
+    """What a removal did."""
+
+    snapshot_id: str
+    parent_snapshot_id: str
+    removed_ids_sha256: str
+    records_removed: int
+    rows_removed: int
+    n_records: int
+    n_rows: int
+
+
+def read_ids(path: Path) -> set[str]:
+    """Record ids from a file, one per line (blank lines and ``#`` comments skipped).
+
+    Raises:
+        InputError: the file is missing, unreadable, or names no id.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"id file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read id file {path}: {exc}") from None
+    ids = {s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")}
+    if not ids:
+        raise InputError(f"{path} names no record id")
+    return ids
+
+
+def remove_records(index_dir: Path, ids: Collection[str]) -> TakedownResult:
+    """Remove the records ``ids`` from the finished index in ``index_dir``.
+
+    Raises:
+        ConfigError: ``index_dir`` is not a finished index.
+        InputError: an id is not in the index, no id is given, or every record would go
+            (nothing is changed).
+    """
+    wanted = set(ids)
+    resumed = _finish_interrupted(index_dir)
+    if resumed is not None and resumed.removed_ids_sha256 == removed_ids_digest(wanted):
+        return resumed  # this very removal was interrupted, and is now done
+    manifest_path = index_dir / layout.MANIFEST
+    if not manifest_path.exists():
+        raise ConfigError(f"{index_dir} is not a finished index (no {layout.MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    plan = json.loads((index_dir / layout.PLAN).read_text())
+    if not wanted:
+        raise InputError("no record id to remove")
+    stage = index_dir / layout.TAKEDOWN_STAGE
+    with Catalog.open(index_dir / layout.CATALOG) as catalog:
+        all_ids = catalog.ids()
+        unknown = sorted(wanted - set(all_ids))
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5])
+            raise InputError(
+                f"{len(unknown)} id(s) are not in the index ({shown}"
+                f"{', …' if len(unknown) > 5 else ''}); nothing was removed"
+            )
+        if len(wanted) == len(all_ids):
+            raise InputError("that would remove every record; build a new index instead")
+        removed = np.array([o for o, rid in enumerate(all_ids) if rid in wanted], dtype=np.int64)
+        stage.mkdir()
+        new_catalog = Catalog.create(stage / layout.CATALOG, _kept(iter(catalog), wanted))
+        corpus_hash = new_catalog.manifest_hash
+        new_catalog.close()
+    with np.load(index_dir / layout.ROWS) as npz:
+        rows = RowTable.from_arrays(dict(npz))
+    keep = ~np.isin(rows.record, removed)
+    new_rows = _renumbered(rows, keep, removed)
+    shard_rows = FeatureConfig.from_dict(plan["feature_config"]).shard_rows
+    _restage_shards(
+        ShardStore(index_dir),
+        plan_shards(len(rows), shard_rows),
+        keep,
+        ShardStore(stage),
+        shard_rows,
+    )
+    arrays: dict[str, Any] = dict(new_rows.to_arrays())
+    atomic_write(stage / layout.ROWS, lambda fh: np.savez(fh, **arrays))
+    atomic_write_json(
+        stage / layout.PLAN,
+        {**plan, "n_rows": len(new_rows), "corpus_manifest_hash": corpus_hash},
+    )
+    atomic_write_json(
+        stage / STAGED,
+        {
+            "parent": manifest["snapshot_id"],
+            "index_config": manifest["index_config"],
+            "model_dir": manifest["model_dir"],
+            "records_removed": len(wanted),
+            "removed_ids_sha256": removed_ids_digest(wanted),
+            "rows_removed": int((~keep).sum()),
+        },
+    )
+    return _commit(index_dir)
+
+
+def _kept(records: Iterator[Record], removed: set[str]) -> Iterator[Record]:
+    return (r for r in records if r.id not in removed)
+
+
+def _renumbered(rows: RowTable, keep: NDArray[np.bool_], removed: NDArray[np.int64]) -> RowTable:
+    """The kept rows, their record ordinals shifted down past the removed records."""
+    record = rows.record[keep]
+    shifted = record - np.searchsorted(removed, record)
+    return RowTable(
+        record=shifted,
+        tok_start=rows.tok_start[keep],
+        tok_end=rows.tok_end[keep],
+        char_start=rows.char_start[keep],
+        char_end=rows.char_end[keep],
+    )
+
+
+def _restage_shards(
+    old: ShardStore,
+    old_shards: list[ShardSpec],
+    keep: NDArray[np.bool_],
+    new: ShardStore,
+    shard_rows: int,
+) -> None:
+    """Copy the kept rows, in order and in stored form, into shards of ``shard_rows``."""
+    units: list[NDArray[np.float16]] = []
+    norms: list[NDArray[np.float32]] = []
+    buffered, written, index = 0, 0, 0
+
+    def flush(n: int) -> None:
+        nonlocal buffered, written, index, units, norms
+        u, m = np.concatenate(units), np.concatenate(norms)
+        new.write_encoded(ShardSpec(index, written, written + n), u[:n], m[:n])
+        units, norms = [u[n:]], [m[n:]]
+        buffered -= n
+        written += n
+        index += 1
+
+    for spec in old_shards:
+        u, m = old.read_encoded(spec)
+        sel = keep[spec.start : spec.stop]
+        units.append(u[sel])
+        norms.append(m[sel])
+        buffered += int(sel.sum())
+        while buffered >= shard_rows:
+            flush(shard_rows)
+    if buffered:
+        flush(buffered)
+
+
+def _finish_interrupted(index_dir: Path) -> TakedownResult | None:
+    """Finish a commit a crash interrupted; drop a stage that was never completed."""
+    stage = index_dir / layout.TAKEDOWN_STAGE
+    if (stage / STAGED).exists():
+        log.warning("finishing an interrupted removal staged in %s", stage)
+        return _commit(index_dir)
+    if stage.exists():
+        shutil.rmtree(stage)
+    return None
+
+
+def _commit(index_dir: Path) -> TakedownResult:
+    """Switch the index to the staged snapshot; every step may be rerun after a crash."""
+    stage = index_dir / layout.TAKEDOWN_STAGE
+    meta = json.loads((stage / STAGED).read_text())
+    (index_dir / layout.MANIFEST).unlink(missing_ok=True)
+    fsync_dir(index_dir)
+    for name in (layout.CATALOG, layout.ROWS, layout.PLAN):
+        if (stage / name).exists():
+            os.replace(stage / name, index_dir / name)
+    old_shards = index_dir / OLD_SHARDS
+    if (stage / SHARD_DIR).exists():
+        if (index_dir / SHARD_DIR).exists():
+            if old_shards.exists():
+                shutil.rmtree(old_shards)
+            os.rename(index_dir / SHARD_DIR, old_shards)
+        os.rename(stage / SHARD_DIR, index_dir / SHARD_DIR)
+    shutil.rmtree(old_shards, ignore_errors=True)
+    # Everything derived from the removed records' text or rows goes, and is rebuilt.
+    for name in (layout.VECTORS, layout.FAISS_INDEX, layout.PRECONDITIONER):
+        (index_dir / name).unlink(missing_ok=True)
+    for name in (layout.GUARD, layout.VERBATIM):
+        shutil.rmtree(index_dir / name, ignore_errors=True)
+    fsync_dir(index_dir)
+
+    plan = json.loads((index_dir / layout.PLAN).read_text())
+    index_config = IndexConfig.from_dict(meta["index_config"])
+    shard_rows = FeatureConfig.from_dict(plan["feature_config"]).shard_rows
+    with (
+        Catalog.open(index_dir / layout.CATALOG) as catalog,
+        np.load(index_dir / layout.ROWS) as npz,
+    ):
+        rows = RowTable.from_arrays(dict(npz))
+        ensure_guard(index_dir, catalog)
+        ensure_verbatim(index_dir, catalog)
+        store = ShardStore(index_dir)
+        shards = plan_shards(len(rows), shard_rows)
+        fit_and_write(Topology(), index_dir, catalog, rows, store, shards, index_config, plan)
+        snapshot_id = write_manifest(
+            index_dir,
+            catalog,
+            plan,
+            index_config,
+            store,
+            shards,
+            model_dir=Path(meta["model_dir"]),
+            change={
+                "change": "remove",
+                "records_removed": meta["records_removed"],
+                "removed_ids_sha256": meta["removed_ids_sha256"],
+            },
+        )
+        n_records = len(catalog)
+    shutil.rmtree(stage)
+    return TakedownResult(
+        snapshot_id=snapshot_id,
+        parent_snapshot_id=meta["parent"],
+        removed_ids_sha256=meta["removed_ids_sha256"],
+        records_removed=meta["records_removed"],
+        rows_removed=meta["rows_removed"],
+        n_records=n_records,
+        n_rows=len(rows),
+    )
