@@ -7,6 +7,7 @@ the service is exit 3, bad local input (keys, options) exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,41 @@ def evaluation(client: AuditorClient, as_json: bool) -> None:
     else:
         for line in evaluation_lines(found):
             click.echo(line)
+    _print_provenance(verified)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checked history as JSON.")
+@with_client
+def snapshots(client: AuditorClient, as_json: bool) -> None:
+    """Every snapshot of the lab's index, oldest first: what each was made of, what changed.
+
+    Each id is recomputed from the commitments the lab lists for it (model, tokenizer and
+    corpus hashes, configs, preconditioner checksum), so an answer signed under an old
+    snapshot can be traced after a takedown. Checked before printing.
+    """
+    verified = client.get_policy()
+    history = verified.snapshots()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"snapshots": [dataclasses.asdict(s) for s in history], **_as_dict(verified)},
+                indent=2,
+            )
+        )
+        return
+    if not history:
+        click.echo(f"the lab lists no snapshot history (serving {verified.body.snapshot_id})")
+    for s in history:
+        change = s.change
+        if s.records_removed:
+            change += f", {s.records_removed:,} records taken down ({s.removed_ids_sha256})"
+        if s.records_added:
+            change += f", {s.records_added:,} records added"
+        corpus = s.commitments.get("corpus_manifest_hash", "?")
+        click.echo(
+            f"{s.created}  {s.snapshot_id}\n    {change}; {s.n_records:,} records; corpus {corpus}"
+        )
     _print_provenance(verified)
 
 

@@ -43,6 +43,7 @@ from auditor_client.wire.envelope import sign_request, signed_request_digest
 from auditor_client.wire.errors import BindingError, MalformedResponseError
 from auditor_client.wire.evaluation import Evaluation, read_certificate
 from auditor_client.wire.receipts import verify_answer
+from auditor_client.wire.snapshots import Snapshot, read_snapshots
 
 __all__ = [
     "AuditorClient",
@@ -147,6 +148,19 @@ class Verified:
         if not self.body.policy.HasField("evaluation"):
             return None
         return read_certificate(self.body.policy.evaluation, snapshot_id=self.body.snapshot_id)
+
+    def snapshots(self) -> list[Snapshot]:
+        """The index's snapshot history in a GetPolicy answer, checked (oldest first; empty
+        when the lab lists none): every id recomputed from its commitments, one parent
+        chain, ending at this answer's signed ``snapshot_id``.
+
+        Raises:
+            ValueError: this is not a GetPolicy answer.
+            SnapshotHistoryError: the history contradicts itself or the answer.
+        """
+        if self.body.WhichOneof("result") != "policy":
+            raise ValueError("only GetPolicy answers carry the snapshot history")
+        return read_snapshots(self.body.policy.snapshots, snapshot_id=self.body.snapshot_id)
 
 
 @dataclass(frozen=True)
@@ -345,11 +359,13 @@ class AuditorClient:
         """The role's policy, and the lab's evaluation certificate when it serves one.
 
         Raises:
-            MalformedResponseError: the certificate contradicts itself or the answer (a
-                signed answer that fails a check is never returned, like any other).
+            MalformedResponseError: the certificate or the snapshot history contradicts
+                itself or the answer (a signed answer that fails a check is never returned,
+                like any other).
         """
         verified = self._call("GetPolicy", pb.GetPolicyRequest())
         verified.evaluation()
+        verified.snapshots()
         return verified
 
     def generate(

@@ -63,6 +63,7 @@ from auditor_client.wire.evaluation import MAX_RESULT_BYTES, certificate_from_re
 from auditor_client.wire.receipts import answer_status
 from auditor_server.attribution import layout
 from auditor_server.attribution.config import IndexConfig
+from auditor_server.attribution.snapshots import as_wire, read_history
 from auditor_server.attribution.verbatim import (
     VerbatimIndex,
     VerbatimMatch,
@@ -70,7 +71,7 @@ from auditor_server.attribution.verbatim import (
     token_char_range,
 )
 from auditor_server.corpus.records import DATA_CLASSES
-from auditor_server.errors import ConfigError, InputError, SandboxError
+from auditor_server.errors import ConfigError, InputError, IntegrityError, SandboxError
 from auditor_server.ledger.log import Ledger
 from auditor_server.policy.disclose import (
     DisclosedResult,
@@ -330,6 +331,7 @@ class AuditService:
         """Where the evaluation certificate is read from (default ``INDEX_DIR/validation.json``
         of the engine's index; None: an engine with no index directory serves none)."""
         self._evaluation: pb.EvaluationCertificate | None = None
+        self._snapshots: list[pb.SnapshotRecord] = []
         self.reload_evaluation()
         check_fit_excludes(policy, engine.manifest)
         self._policy = policy
@@ -450,11 +452,13 @@ class AuditService:
         return self._evaluation
 
     def reload_evaluation(self) -> bool:
-        """Read the evaluation certificate again (see :func:`load_evaluation`).
+        """Read the evaluation certificate (see :func:`load_evaluation`) and the snapshot
+        history (:func:`load_snapshots`) again.
 
         Returns:
             Whether a certificate is now served.
         """
+        self._snapshots = load_snapshots(self.engine)
         if self.evaluation_path is None:
             self._evaluation = None
             return False
@@ -690,6 +694,7 @@ class AuditService:
         evaluation = self._evaluation  # one read: a SIGHUP may swap it meanwhile
         if evaluation is not None:
             answer.evaluation.CopyFrom(evaluation)
+        answer.snapshots.extend(self._snapshots)
         return "policy", answer
 
     def _do_Generate(  # noqa: N802
@@ -1067,6 +1072,30 @@ def _default_evaluation_path(engine: Engine) -> Path | None:
     """``INDEX_DIR/validation.json`` of the engine's index (a test double may have none)."""
     index_dir = getattr(engine, "index_dir", None)
     return Path(index_dir) / layout.VALIDATION if index_dir is not None else None
+
+
+def load_snapshots(engine: Engine) -> list[pb.SnapshotRecord]:
+    """The index's snapshot history to serve, or none (logged) when it is unusable.
+
+    Served only when it ends at the snapshot answering: a history left over from another
+    index, or damaged, would make the lab contradict its own answers. Never raises.
+    """
+    index_dir = getattr(engine, "index_dir", None)
+    if index_dir is None:
+        return []
+    try:
+        entries = read_history(Path(index_dir))
+    except IntegrityError as exc:
+        logger.error("snapshot history not served: %s", exc)
+        return []
+    if entries and entries[-1]["snapshot_id"] != engine.snapshot_id:
+        logger.error(
+            "snapshot history not served: it ends at %s, the index is %s",
+            entries[-1]["snapshot_id"],
+            engine.snapshot_id,
+        )
+        return []
+    return as_wire(entries)
 
 
 def load_evaluation(path: Path, *, snapshot_id: str) -> pb.EvaluationCertificate | None:

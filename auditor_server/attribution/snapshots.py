@@ -14,13 +14,14 @@ it is rewritten atomically, so a crash leaves the old or the new list, never a t
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from auditor_client.wire._proto import audit_pb2 as pb
+from auditor_client.wire.snapshots import removed_ids_digest
 from auditor_server.attribution import layout
 from auditor_server.errors import IntegrityError
 from auditor_server.fsutil import atomic_write_json, sha256_json
@@ -38,6 +39,8 @@ IDENTITY_FIELDS = (
 )
 """The manifest fields the snapshot id is the sha256 of (canonical JSON)."""
 
+__all__ = ["append_snapshot", "as_wire", "read_history", "removed_ids_digest", "snapshot_identity"]
+
 CHANGES = ("build", "reindex", "remove", "add")
 
 
@@ -46,11 +49,22 @@ def snapshot_identity(manifest: dict[str, Any]) -> dict[str, Any]:
     return {name: manifest[name] for name in IDENTITY_FIELDS}
 
 
-def removed_ids_digest(ids: Iterable[str]) -> str:
-    """A digest of a set of record ids (sorted, newline-joined): a takedown is provable by
-    a lab that keeps its list, without the history naming what was taken down."""
-    blob = "\n".join(sorted(set(ids))).encode("utf-8")
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
+def as_wire(entries: Iterable[dict[str, Any]]) -> list[pb.SnapshotRecord]:
+    """The entries as GetPolicy carries them (commitments as canonical JSON)."""
+    return [
+        pb.SnapshotRecord(
+            snapshot_id=e["snapshot_id"],
+            parent=e["parent"],
+            created=e["created"],
+            change=e["change"],
+            n_records=e["n_records"],
+            records_removed=e["records_removed"],
+            removed_ids_sha256=e["removed_ids_sha256"],
+            records_added=e["records_added"],
+            commitments_json=json.dumps(e["commitments"], sort_keys=True, separators=(",", ":")),
+        )
+        for e in entries
+    ]
 
 
 def read_history(index_dir: Path) -> list[dict[str, Any]]:

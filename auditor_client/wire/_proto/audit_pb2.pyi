@@ -128,7 +128,7 @@ class GetPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetPolicyResponse(_message.Message):
-    __slots__ = ("policy_hash", "role", "disclosure", "methods", "max_top_k", "daily_queries", "max_new_tokens", "withheld_budget", "generate_proprietary", "evaluation")
+    __slots__ = ("policy_hash", "role", "disclosure", "methods", "max_top_k", "daily_queries", "max_new_tokens", "withheld_budget", "generate_proprietary", "evaluation", "snapshots")
     class DisclosureEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,7 @@ class GetPolicyResponse(_message.Message):
     WITHHELD_BUDGET_FIELD_NUMBER: _ClassVar[int]
     GENERATE_PROPRIETARY_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     policy_hash: str
     role: str
     disclosure: _containers.ScalarMap[str, str]
@@ -156,7 +157,30 @@ class GetPolicyResponse(_message.Message):
     withheld_budget: int
     generate_proprietary: str
     evaluation: EvaluationCertificate
-    def __init__(self, policy_hash: _Optional[str] = ..., role: _Optional[str] = ..., disclosure: _Optional[_Mapping[str, str]] = ..., methods: _Optional[_Iterable[str]] = ..., max_top_k: _Optional[int] = ..., daily_queries: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., withheld_budget: _Optional[int] = ..., generate_proprietary: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationCertificate, _Mapping]] = ...) -> None: ...
+    snapshots: _containers.RepeatedCompositeFieldContainer[SnapshotRecord]
+    def __init__(self, policy_hash: _Optional[str] = ..., role: _Optional[str] = ..., disclosure: _Optional[_Mapping[str, str]] = ..., methods: _Optional[_Iterable[str]] = ..., max_top_k: _Optional[int] = ..., daily_queries: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., withheld_budget: _Optional[int] = ..., generate_proprietary: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationCertificate, _Mapping]] = ..., snapshots: _Optional[_Iterable[_Union[SnapshotRecord, _Mapping]]] = ...) -> None: ...
+
+class SnapshotRecord(_message.Message):
+    __slots__ = ("snapshot_id", "parent", "created", "change", "n_records", "records_removed", "removed_ids_sha256", "records_added", "commitments_json")
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    N_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_IDS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    parent: str
+    created: str
+    change: str
+    n_records: int
+    records_removed: int
+    removed_ids_sha256: str
+    records_added: int
+    commitments_json: str
+    def __init__(self, snapshot_id: _Optional[str] = ..., parent: _Optional[str] = ..., created: _Optional[str] = ..., change: _Optional[str] = ..., n_records: _Optional[int] = ..., records_removed: _Optional[int] = ..., removed_ids_sha256: _Optional[str] = ..., records_added: _Optional[int] = ..., commitments_json: _Optional[str] = ...) -> None: ...
 
 class EvaluationHeadline(_message.Message):
     __slots__ = ("name", "step", "mean", "ci_low", "ci_high", "recall_at_k", "n")
