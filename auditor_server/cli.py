@@ -504,12 +504,43 @@ def remove(index_dir: Path, ids_file: Path) -> None:
     Prints the new snapshot id; the old one stays in the snapshot history. Restart `serve`
     to answer from the new snapshot. The model's weights still carry what they learned.
     """
-    from auditor_server.attribution.takedown import read_ids, remove_records
+    from auditor_server.attribution.changes import read_ids, remove_records
 
     result = remove_records(index_dir, read_ids(ids_file))
     click.echo(
         f"removed {result.records_removed:,} records ({result.rows_removed:,} rows); "
         f"{result.n_records:,} records, {result.n_rows:,} rows remain\n"
+        f"snapshot {result.parent_snapshot_id} -> {result.snapshot_id}"
+    )
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option(
+    "--corpus",
+    required=True,
+    type=_path(exists=True, dir_okay=False),
+    help="JSONL of the records to add (ids must be new to the index).",
+)
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+)
+def add(index_dir: Path, corpus: Path, device: str, dtype: str) -> None:
+    """Add records to an index, featurizing only their rows, with the index's own model.
+
+    Prints the new snapshot id; the old one stays in the snapshot history. Restart `serve`
+    to answer from the new snapshot.
+    """
+    from auditor_server.attribution.changes import add_records
+
+    result = add_records(index_dir, corpus, device=device, dtype=dtype)
+    click.echo(
+        f"added {result.records_added:,} records ({result.rows_added:,} rows); "
+        f"{result.n_records:,} records, {result.n_rows:,} rows in all\n"
         f"snapshot {result.parent_snapshot_id} -> {result.snapshot_id}"
     )
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditor_server.attribution import layout, takedown
+from auditor_server.attribution import changes as takedown
+from auditor_server.attribution import layout
 from auditor_server.attribution.build import build_index
 from auditor_server.attribution.config import FeatureConfig
 from auditor_server.attribution.engine import AttributionEngine
@@ -226,3 +227,53 @@ def test_a_crash_while_staging_leaves_the_index_untouched(
         result.records_removed == 2
         and result.parent_snapshot_id == json.loads(manifest)["snapshot_id"]
     )
+
+
+def _split(corpus: Path, tmp_path: Path, n_new: int) -> tuple[Path, Path]:
+    lines = [line for line in corpus.read_text().splitlines() if line.strip()]
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("\n".join(lines[:-n_new]) + "\n")
+    second.write_text("\n".join(lines[-n_new:]) + "\n")
+    return first, second
+
+
+def test_added_records_are_the_only_rows_featurized(built: dict[str, Path], tmp_path: Path) -> None:
+    first, second = _split(built["corpus"], tmp_path, 7)
+    index = tmp_path / "grown"
+    assert build_index(
+        model_dir=built["model"], corpus_path=first, out_dir=index,
+        feature_config=FEATURES, progress=False,
+    )  # fmt: skip
+    before = json.loads((index / layout.MANIFEST).read_text())
+    assert before["n_rows"] % FEATURES.shard_rows  # the last shard is partial: it must grow
+    full_shards = {
+        p.name: p.read_bytes()
+        for p in (index / "shards").glob("*.npz")
+        if p.stem != f"shard-{len(before['shards']) - 1:05d}"
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "auditor_server.cli", "add", "--index", str(index),
+         "--corpus", str(second)],
+        capture_output=True, text=True, timeout=300,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "added 7 records" in proc.stdout
+    after = json.loads((index / layout.MANIFEST).read_text())
+    reference = json.loads((built["index"] / layout.MANIFEST).read_text())
+    # The same corpus, rows and (up to float rounding) vectors as building it whole...
+    assert after["corpus_manifest_hash"] == reference["corpus_manifest_hash"]
+    assert after["n_rows"] == reference["n_rows"]
+    np.testing.assert_allclose(
+        np.load(index / layout.VECTORS).astype(np.float32),
+        np.load(built["index"] / layout.VECTORS).astype(np.float32),
+        atol=2e-3,
+    )
+    # ...but the full shards of the old store were not rewritten.
+    for name, data in full_shards.items():
+        assert (index / "shards" / name).read_bytes() == data
+    history = read_history(index)
+    assert [(e["change"], e["records_added"]) for e in history] == [("build", 0), ("add", 7)]
+    with pytest.raises(InputError, match="already in the index"):
+        takedown.add_records(index, second)  # the same ids again
+    assert json.loads((index / layout.MANIFEST).read_text()) == after

@@ -1,5 +1,6 @@
-"""``auditor-server remove``: take records out of a built index without recomputing a gradient.
+"""``auditor-server remove`` and ``add``: change a built index's records without a rebuild.
 
+**Removal.**
 A takedown (an erasure request, a withdrawn licence, an expired contract) must leave no
 trace of the records in what the lab serves: their text leaves the catalog, the guard and
 the verbatim index; their rows leave the gradient shards, the vector file and the FAISS
@@ -15,11 +16,20 @@ carry what they learned (retrain or unlearn for that); answers already given are
 auditors' hands and in the ledger; backups and copies of the index made before are the
 lab's to purge.
 
-Crash safety: the next snapshot's catalog, row table, plan and shards are written to
-``INDEX_DIR/.takedown/`` and marked complete (``staged.json``) before anything in the index
-changes. The commit then removes the manifest (the index is not openable while it is
+**Addition.** New records are appended after the existing ones (their ordinals follow), only
+their rows are featurized (with the index's own model, checked by hash, and feature
+config), and only the shards they touch are written: the last, partial shard of the old
+store is completed from its stored rows plus new ones. The refit and the derived files then
+follow as for a removal. The model is the one the index was built with; records it was not
+trained on are attributed with the gradients of a model that never saw them, which the
+answers cannot tell apart, so add what the model was trained on.
+
+Crash safety (both): the next snapshot's catalog, row table, plan and new shards are written
+to ``INDEX_DIR/.takedown/`` and marked complete (``staged.json``) before anything in the
+index changes. The commit then removes the manifest (the index is not openable while it is
 half-switched), moves the staged files into place, deletes the removed data and rebuilds the
-derived files; rerunning ``remove`` after a crash at any point finishes that commit first.
+derived files; rerunning ``remove`` or ``add`` after a crash at any point finishes that
+commit first.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import os
 import shutil
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +52,26 @@ from auditor_server.attribution.build import (
     ensure_guard,
     ensure_verbatim,
     fit_and_write,
+    model_dtype,
     write_manifest,
 )
 from auditor_server.attribution.config import FeatureConfig, IndexConfig
 from auditor_server.attribution.distributed import Topology
+from auditor_server.attribution.featurize import Featurizer
 from auditor_server.attribution.snapshots import removed_ids_digest
 from auditor_server.attribution.spans import RowTable
-from auditor_server.attribution.store import SHARD_DIR, ShardSpec, ShardStore, plan_shards
+from auditor_server.attribution.store import (
+    SHARD_DIR,
+    ShardSpec,
+    ShardStore,
+    encode_features,
+    plan_shards,
+)
 from auditor_server.corpus.catalog import Catalog
-from auditor_server.corpus.records import Record
+from auditor_server.corpus.records import Record, read_corpus
 from auditor_server.errors import ConfigError, InputError
 from auditor_server.fsutil import atomic_write, atomic_write_json, fsync_dir
+from auditor_server.model.loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +81,8 @@ OLD_SHARDS = ".shards-removed"
 
 
 @dataclass(frozen=True)
-class TakedownResult:
-    """What a removal did."""
+class ChangeResult:
+    """What a removal or an addition did."""
 
     snapshot_id: str
     parent_snapshot_id: str
@@ -71,6 +91,9 @@ class TakedownResult:
     rows_removed: int
     n_records: int
     n_rows: int
+    records_added: int = 0
+    rows_added: int = 0
+    added_ids_sha256: str = ""
 
 
 def read_ids(path: Path) -> set[str]:
@@ -91,7 +114,7 @@ def read_ids(path: Path) -> set[str]:
     return ids
 
 
-def remove_records(index_dir: Path, ids: Collection[str]) -> TakedownResult:
+def remove_records(index_dir: Path, ids: Collection[str]) -> ChangeResult:
     """Remove the records ``ids`` from the finished index in ``index_dir``.
 
     Raises:
@@ -159,6 +182,109 @@ def remove_records(index_dir: Path, ids: Collection[str]) -> TakedownResult:
     return _commit(index_dir)
 
 
+def add_records(
+    index_dir: Path,
+    corpus_path: Path,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    progress: bool = False,
+) -> ChangeResult:
+    """Append the records of ``corpus_path`` to the finished index in ``index_dir``.
+
+    Only the new records' rows are featurized, with the index's own model and feature
+    config; existing shards are kept, except the last, partial one, completed from its
+    stored rows.
+
+    Raises:
+        ConfigError: ``index_dir`` is not a finished index, or its model has changed.
+        InputError, CorpusError: the new corpus is invalid or repeats an existing id
+            (nothing is changed).
+    """
+    new_records = read_corpus(corpus_path)
+    digest = removed_ids_digest(r.id for r in new_records)
+    resumed = _finish_interrupted(index_dir)
+    if resumed is not None and resumed.added_ids_sha256 == digest:
+        return resumed  # this very addition was interrupted, and is now done
+    manifest_path = index_dir / layout.MANIFEST
+    if not manifest_path.exists():
+        raise ConfigError(f"{index_dir} is not a finished index (no {layout.MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    plan = json.loads((index_dir / layout.PLAN).read_text())
+    feature_config = FeatureConfig.from_dict(plan["feature_config"])
+    lm = load_model(
+        Path(manifest["model_dir"]),
+        device=device,
+        dtype=model_dtype(dtype, Path(manifest["model_dir"])),
+    )
+    if (lm.model_hash, lm.tokenizer_hash) != (manifest["model_hash"], manifest["tokenizer_hash"]):
+        raise ConfigError(
+            f"the model in {manifest['model_dir']} is no longer the one {index_dir} was built "
+            "with; rebuild the index"
+        )
+    featurizer = Featurizer(lm, feature_config)
+    if featurizer.module_names != plan["modules"]:
+        raise ConfigError("the model's tracked modules differ from the index's; rebuild it")
+    stage = index_dir / layout.TAKEDOWN_STAGE
+    with Catalog.open(index_dir / layout.CATALOG) as catalog:
+        n_old = len(catalog)
+        clash = sorted({r.id for r in new_records} & set(catalog.ids()))
+        if clash:
+            shown = ", ".join(repr(c) for c in clash[:5])
+            raise InputError(
+                f"{len(clash)} id(s) are already in the index ({shown}"
+                f"{', …' if len(clash) > 5 else ''}); nothing was added"
+            )
+        stage.mkdir()
+        merged = Catalog.create(stage / layout.CATALOG, chain(iter(catalog), new_records))
+        corpus_hash = merged.manifest_hash
+        merged.close()
+    with np.load(index_dir / layout.ROWS) as npz:
+        old_rows = RowTable.from_arrays(dict(npz))
+    token_ids, added = featurizer.tokenize_records([r.text for r in new_records])
+    rows = RowTable.from_matrix(
+        np.concatenate([old_rows.to_matrix(), added.shifted(n_old).to_matrix()])
+    )
+    tokens = {n_old + i: ids for i, ids in enumerate(token_ids)}
+    old_store, staged = ShardStore(index_dir), ShardStore(stage)
+    old_shards = plan_shards(len(old_rows), feature_config.shard_rows)
+    for spec in plan_shards(len(rows), feature_config.shard_rows):
+        if spec.stop <= len(old_rows):
+            continue  # untouched: the stored shard stays as it is
+        units, norms = encode_features(
+            featurizer.featurize_rows(
+                tokens, rows, range(max(spec.start, len(old_rows)), spec.stop)
+            )
+        )
+        if spec.start < len(old_rows):  # the old, partial last shard: keep its rows
+            kept_units, kept_norms = old_store.read_encoded(old_shards[spec.index])
+            units = np.concatenate([kept_units, units])
+            norms = np.concatenate([kept_norms, norms])
+        staged.write_encoded(spec, units, norms)
+    arrays: dict[str, Any] = dict(rows.to_arrays())
+    atomic_write(stage / layout.ROWS, lambda fh: np.savez(fh, **arrays))
+    atomic_write_json(
+        stage / layout.PLAN, {**plan, "n_rows": len(rows), "corpus_manifest_hash": corpus_hash}
+    )
+    atomic_write_json(
+        stage / STAGED,
+        {
+            "change": "add",
+            "shards": "merge",
+            "parent": manifest["snapshot_id"],
+            "index_config": manifest["index_config"],
+            "model_dir": manifest["model_dir"],
+            "records_removed": 0,
+            "removed_ids_sha256": "",
+            "rows_removed": 0,
+            "records_added": len(new_records),
+            "added_ids_sha256": digest,
+            "rows_added": len(added),
+        },
+    )
+    return _commit(index_dir)
+
+
 def _kept(records: Iterator[Record], removed: set[str]) -> Iterator[Record]:
     return (r for r in records if r.id not in removed)
 
@@ -209,7 +335,7 @@ def _restage_shards(
         flush(buffered)
 
 
-def _finish_interrupted(index_dir: Path) -> TakedownResult | None:
+def _finish_interrupted(index_dir: Path) -> ChangeResult | None:
     """Finish a commit a crash interrupted; drop a stage that was never completed."""
     stage = index_dir / layout.TAKEDOWN_STAGE
     if (stage / STAGED).exists():
@@ -220,7 +346,7 @@ def _finish_interrupted(index_dir: Path) -> TakedownResult | None:
     return None
 
 
-def _commit(index_dir: Path) -> TakedownResult:
+def _commit(index_dir: Path) -> ChangeResult:
     """Switch the index to the staged snapshot; every step may be rerun after a crash."""
     stage = index_dir / layout.TAKEDOWN_STAGE
     meta = json.loads((stage / STAGED).read_text())
@@ -230,7 +356,15 @@ def _commit(index_dir: Path) -> TakedownResult:
         if (stage / name).exists():
             os.replace(stage / name, index_dir / name)
     old_shards = index_dir / OLD_SHARDS
-    if (stage / SHARD_DIR).exists():
+    if meta.get("shards") == "merge" and (stage / SHARD_DIR).exists():
+        # An addition: the staged shards replace or extend the store file by file, data
+        # before sidecar (a shard counts only when both agree).
+        for data in sorted((stage / SHARD_DIR).glob("*.npz")):
+            os.replace(data, index_dir / SHARD_DIR / data.name)
+            sidecar = data.with_suffix(".json")
+            os.replace(sidecar, index_dir / SHARD_DIR / sidecar.name)
+        shutil.rmtree(stage / SHARD_DIR)
+    elif (stage / SHARD_DIR).exists():
         if (index_dir / SHARD_DIR).exists():
             if old_shards.exists():
                 shutil.rmtree(old_shards)
@@ -266,14 +400,15 @@ def _commit(index_dir: Path) -> TakedownResult:
             shards,
             model_dir=Path(meta["model_dir"]),
             change={
-                "change": "remove",
+                "change": meta.get("change", "remove"),
                 "records_removed": meta["records_removed"],
                 "removed_ids_sha256": meta["removed_ids_sha256"],
+                "records_added": meta.get("records_added", 0),
             },
         )
         n_records = len(catalog)
     shutil.rmtree(stage)
-    return TakedownResult(
+    return ChangeResult(
         snapshot_id=snapshot_id,
         parent_snapshot_id=meta["parent"],
         removed_ids_sha256=meta["removed_ids_sha256"],
@@ -281,4 +416,7 @@ def _commit(index_dir: Path) -> TakedownResult:
         rows_removed=meta["rows_removed"],
         n_records=n_records,
         n_rows=len(rows),
+        records_added=meta.get("records_added", 0),
+        rows_added=meta.get("rows_added", 0),
+        added_ids_sha256=meta.get("added_ids_sha256", ""),
     )
