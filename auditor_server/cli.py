@@ -545,6 +545,43 @@ def add(index_dir: Path, corpus: Path, device: str, dtype: str) -> None:
     )
 
 
+@main.command("milvus-export")
+@click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
+@click.option(
+    "--uri",
+    required=True,
+    help="Milvus server address (http://host:19530) or a Milvus Lite file (*.db). The "
+    "token, if any, is read from $MILVUS_TOKEN.",
+)
+@click.option(
+    "--index-type",
+    type=click.Choice(["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN", "AUTOINDEX"]),
+    default="FLAT",
+    show_default=True,
+    help="Milvus index over the rows (FLAT is exact; the engine re-scores exactly anyway).",
+)
+@click.option(
+    "--keep-previous",
+    is_flag=True,
+    help="Keep the collections of the index's earlier snapshots (after a takedown they "
+    "hold removed rows; they are dropped by default).",
+)
+def milvus_export(index_dir: Path, uri: str, index_type: str, keep_previous: bool) -> None:
+    """Load a finished index's rows into a Milvus collection for `serve --milvus-uri`."""
+    import os
+
+    from auditor_server.attribution.backends import export_to_milvus
+
+    name, rows = export_to_milvus(
+        index_dir,
+        uri,
+        index_type=index_type,
+        token=os.environ.get("MILVUS_TOKEN"),
+        drop_previous=not keep_previous,
+    )
+    click.echo(f"{rows:,} rows in Milvus collection {name} at {uri}")
+
+
 @main.command()
 @click.option("--index", "index_dir", required=True, type=_path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
@@ -791,6 +828,13 @@ def generate(
 @click.option(
     "--max-concurrent-rpcs", type=click.IntRange(1, 10_000), default=64, show_default=True
 )
+@click.option(
+    "--milvus-uri",
+    default=None,
+    help="Search the snapshot's rows in Milvus (a server address, or a Milvus Lite *.db "
+    "file) instead of the local FAISS index; see `milvus-export`. The token, if any, is "
+    "read from $MILVUS_TOKEN.",
+)
 def serve(
     index_dir: Path,
     policy_path: Path,
@@ -804,6 +848,7 @@ def serve(
     insecure: bool,
     max_workers: int,
     max_concurrent_rpcs: int,
+    milvus_uri: str | None,
 ) -> None:
     """Serve the audit API over gRPC until SIGTERM/SIGINT; SIGHUP reloads the policy."""
     from auditor_server.server import ServerOptions, TLSFiles, open_service
@@ -825,6 +870,7 @@ def serve(
         policy_path=policy_path,
         lab_key_path=lab_key_path,
         state_dir=state_dir,
+        milvus_uri=milvus_uri,
     )
     run_server(
         service,

@@ -71,9 +71,20 @@ class ServerOptions:
 
 
 def open_service(
-    *, index_dir: Path, policy_path: Path, lab_key_path: Path, state_dir: Path
+    *,
+    index_dir: Path,
+    policy_path: Path,
+    lab_key_path: Path,
+    state_dir: Path,
+    milvus_uri: str | None = None,
 ) -> AuditService:
-    """Load the engine, policy, lab key and durable state; fail early and clearly."""
+    """Load the engine, policy, lab key and durable state; fail early and clearly.
+
+    With ``milvus_uri`` the engine searches the snapshot's Milvus collection (token from
+    ``$MILVUS_TOKEN``) instead of the index's FAISS file.
+    """
+    import os
+
     from auditor_server.attribution.engine import AttributionEngine
     from auditor_server.policy.model import Policy
     from auditor_server.security.lab_keys import load_lab_key
@@ -81,7 +92,9 @@ def open_service(
     policy = Policy.from_file(policy_path)
     lab_key = load_lab_key(lab_key_path)
     return AuditService.open(
-        engine=AttributionEngine.open(index_dir),
+        engine=AttributionEngine.open(
+            index_dir, milvus_uri=milvus_uri, milvus_token=os.environ.get("MILVUS_TOKEN")
+        ),
         policy=policy,
         policy_path=policy_path,
         lab_key=lab_key,

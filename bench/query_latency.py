@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import auditor_server.attribution.engine as engine_module
 from auditor_server.attribution.engine import AttributionEngine
 from auditor_server.model.generation import encode_pair, score
 from bench._common import (
@@ -73,22 +72,22 @@ def staged_attribute(
     a reference and not counted in ``total``.
     """
     timer = StageTimer()
-    original_search = engine_module.search
+    original_search = engine.searcher.search
     original_result = engine._result
-    engine_module.search = timer.wrap("faiss search", original_search)
+    engine.searcher.search = timer.wrap("faiss search", original_search)  # type: ignore[method-assign]
     engine._result = timer.wrap("results (catalog, shares)", original_result)  # type: ignore[method-assign]
     try:
         t0 = time.perf_counter()
-        selector = engine._selector(exclude)
+        excluded = frozenset(exclude)
         feats = timer.wrap("featurize (fwd+bwd+capture)", engine.featurizer.featurize_queries)(
             [(prompt, completion)]
         )
         raw = feats[0] if isinstance(feats, tuple) else feats
         queries = timer.wrap("precondition", engine.preconditioner.apply)(raw)
-        timer.wrap("rank", engine._rank)(queries[0], top_k, selector)
+        timer.wrap("rank", engine._rank)(queries[0], top_k, excluded)
         total = time.perf_counter() - t0
     finally:
-        engine_module.search = original_search
+        engine.searcher.search = original_search  # type: ignore[method-assign]
         engine._result = original_result  # type: ignore[method-assign]
     out = dict(timer.seconds)
     rank = out.pop("rank")

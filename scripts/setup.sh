@@ -11,7 +11,7 @@ stamp=.venv/.auditor-sandbox-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[server,dev]"
+  .venv/bin/python -m pip install --quiet -e ".[server,milvus,dev]"
   touch "$stamp"
 fi
 # Chromium from Debian's packages for the browser test of the HTML report

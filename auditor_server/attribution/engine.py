@@ -24,9 +24,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from auditor_server.attribution import layout
+from auditor_server.attribution.backends import FaissSearcher, MilvusSearcher, RowSearcher
 from auditor_server.attribution.config import FeatureConfig, IndexConfig
 from auditor_server.attribution.featurize import Featurizer
-from auditor_server.attribution.index import RowSelector, read_index, search, takes_selector
+from auditor_server.attribution.index import read_index
 from auditor_server.attribution.lexical import BM25Baseline
 from auditor_server.attribution.precondition import Preconditioner
 from auditor_server.attribution.spans import RowTable
@@ -102,6 +103,7 @@ class AttributionEngine:
         vectors: NDArray[np.float16],
         index: Any,
         index_config: IndexConfig,
+        searcher: RowSearcher | None = None,
     ) -> None:
         self.index_dir = index_dir
         self.manifest = manifest
@@ -116,7 +118,11 @@ class AttributionEngine:
         classes = np.asarray(catalog.data_classes())
         self._row_class = classes[rows.record]
         self._record_class = classes
-        self._selectors: dict[frozenset[str], RowSelector | None] = {}
+        self.searcher: RowSearcher = searcher or FaissSearcher(
+            index, vectors, self._row_class, index_config.nprobe
+        )
+        """Where candidate rows come from (``faiss``: the index file; ``milvus``)."""
+        self._allowed_rows: dict[frozenset[str], int] = {}
         self._lexical: dict[frozenset[str], BM25Baseline] = {}
         self._lexical_lock = threading.Lock()
         # Rows are cut record by record, in catalog order: record i owns rows
@@ -152,8 +158,14 @@ class AttributionEngine:
         model_dir: Path | str | None = None,
         device: str = "cpu",
         verify: bool = True,
+        milvus_uri: str | None = None,
+        milvus_token: str | None = None,
     ) -> AttributionEngine:
         """Open an index built by ``auditor-server build``.
+
+        With ``milvus_uri``, candidate rows come from the snapshot's Milvus collection
+        (``auditor-server milvus-export``) instead of the local FAISS index file, which is
+        then not loaded.
 
         Args:
             index_dir: the build's output directory.
@@ -201,6 +213,13 @@ class AttributionEngine:
         with np.load(root / layout.ROWS) as npz:
             rows = RowTable.from_arrays(dict(npz))
         vectors = np.load(root / layout.VECTORS, mmap_mode="r")
+        index_config = IndexConfig.from_dict(manifest["index_config"])
+        searcher: RowSearcher | None = None
+        index: Any = None
+        if milvus_uri is not None:
+            searcher = MilvusSearcher.open(milvus_uri, manifest, token=milvus_token)
+        else:
+            index = read_index(root / layout.FAISS_INDEX)
         return cls(
             index_dir=root,
             manifest=manifest,
@@ -210,12 +229,14 @@ class AttributionEngine:
             featurizer=featurizer,
             preconditioner=Preconditioner.load(root / layout.PRECONDITIONER),
             vectors=vectors,
-            index=read_index(root / layout.FAISS_INDEX),
-            index_config=IndexConfig.from_dict(manifest["index_config"]),
+            index=index,
+            index_config=index_config,
+            searcher=searcher,
         )
 
     def close(self) -> None:
         self.catalog.close()
+        self.searcher.close()
 
     def __enter__(self) -> AttributionEngine:
         return self
@@ -264,8 +285,7 @@ class AttributionEngine:
                 raise InputError("completion must not be empty")
             if not isinstance(prompt, str):
                 raise InputError("prompt must be a string")
-        excluded = frozenset(exclude_classes)
-        selector = self._selector(excluded)
+        excluded = self._excluded(exclude_classes)
         raw, logprobs = self.featurizer.featurize_queries(pairs)
         queries = self.preconditioner.apply(raw)
         proposals = self._lexical_candidates(excluded, [p + c for p, c in pairs])
@@ -274,7 +294,7 @@ class AttributionEngine:
                 prompt=p,
                 completion=c,
                 completion_logprob=float(lp),
-                results=self._rank(q, top_k, selector, proposed),
+                results=self._rank(q, top_k, excluded, proposed),
                 snapshot_id=self.snapshot_id,
             )
             for (p, c), q, lp, proposed in zip(pairs, queries, logprobs, proposals, strict=True)
@@ -323,17 +343,20 @@ class AttributionEngine:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _selector(self, excluded: frozenset[str]) -> RowSelector | None:
+    def _excluded(self, exclude_classes: Collection[str]) -> frozenset[str]:
+        excluded = frozenset(exclude_classes)
         unknown = excluded - {"public", "proprietary", "private"}
         if unknown:
             raise InputError(f"unknown data class(es) to exclude: {', '.join(sorted(unknown))}")
-        if excluded not in self._selectors:
-            if not excluded:
-                self._selectors[excluded] = None
-            else:
-                allowed = ~np.isin(self._row_class, sorted(excluded))
-                self._selectors[excluded] = RowSelector(allowed)
-        return self._selectors[excluded]
+        return excluded
+
+    def _allowed_count(self, excluded: frozenset[str]) -> int:
+        """Rows of the classes not excluded (cached per set)."""
+        if excluded not in self._allowed_rows:
+            self._allowed_rows[excluded] = int(
+                (~np.isin(self._row_class, sorted(excluded))).sum()
+            )
+        return self._allowed_rows[excluded]
 
     def _lexical_candidates(
         self, excluded: frozenset[str], texts: Sequence[str]
@@ -365,13 +388,13 @@ class AttributionEngine:
         self,
         query: NDArray[np.float32],
         top_k: int,
-        selector: RowSelector | None,
+        excluded: frozenset[str],
         proposed: Sequence[int] = (),
     ) -> list[Attribution]:
         records = list(proposed)
         if len(records) < top_k:
             seen = set(records)
-            records += [r for r in self._index_candidates(query, top_k, selector) if r not in seen]
+            records += [r for r in self._index_candidates(query, top_k, excluded) if r not in seen]
         scored = [(self._record_score(query, rec), rec) for rec in records]
         ordered = sorted(scored, key=lambda t: (-t[0][0], t[1]))
         k = self.index_config.lexical_fusion
@@ -383,26 +406,17 @@ class AttributionEngine:
         ]
 
     def _index_candidates(
-        self, query: NDArray[np.float32], top_k: int, selector: RowSelector | None
+        self, query: NDArray[np.float32], top_k: int, excluded: frozenset[str]
     ) -> list[int]:
         """At least ``top_k`` distinct records (when that many are allowed) holding the
-        gradient index's best rows."""
-        n_allowed = selector.count if selector is not None else len(self.rows)
+        vector backend's best rows."""
+        n_allowed = min(self._allowed_count(excluded), self.searcher.max_k)
         exact = self.index_config.index == "exact"
         k_rows = min(n_allowed, top_k * 8)
         while True:
             fetch = k_rows if exact else min(n_allowed, k_rows * self.index_config.rerank)
-            index = self.index
-            if selector is not None and not takes_selector(index):
-                index = selector.view(index, self.vectors)
-            _, ids = search(
-                index,
-                query[None, :],
-                max(fetch, 1),
-                selector=selector,
-                nprobe=self.index_config.nprobe,
-            )
-            cand = np.sort(ids[0][ids[0] >= 0])
+            ids = self.searcher.search(query, max(fetch, 1), excluded)
+            cand = np.sort(np.asarray(ids, dtype=np.int64))
             # Re-score every candidate exactly from the stored vectors, so the order does not
             # depend on the index kind's quantization.
             # einsum, not ``@``: from ~500 candidates numpy hands this gemv to OpenBLAS's

@@ -34,13 +34,15 @@ class Pair:
     texts: list[str]
 
 
-def _service(root: Path, index: Path, policy: Path, lab_key: Any) -> Any:
+def _service(
+    root: Path, index: Path, policy: Path, lab_key: Any, milvus_uri: str | None = None
+) -> Any:
     from auditor_server.attribution.engine import AttributionEngine
     from auditor_server.policy.model import Policy
     from auditor_server.service import AuditService
 
     return AuditService.open(
-        engine=AttributionEngine.open(index),
+        engine=AttributionEngine.open(index, milvus_uri=milvus_uri),
         policy=Policy.from_file(policy),
         policy_path=policy,
         lab_key=lab_key,
@@ -48,8 +50,12 @@ def _service(root: Path, index: Path, policy: Path, lab_key: Any) -> Any:
     )
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Pair]:
+    """The two labs, searching their rows with the embedded FAISS index or with Milvus
+    (Milvus Lite; the filter on data class runs inside Milvus's search)."""
     from auditor_server.attribution.build import build_index
     from auditor_server.attribution.config import FeatureConfig
     from auditor_server.corpus.demo import generate_demo_corpus
@@ -83,8 +89,17 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     # Prompts are drawn from private records too; each one touching private text spends
     # the regulator's withheld budget, which must not run out mid-test.
     policy.write_text(policy_text(withheld_budget=1_000_000))
-    a = _service(root / "state-a", root / "all", policy, lab_key)
-    b = _service(root / "state-b", root / "no_private", policy, lab_key)
+    uris: dict[str, str | None] = {"all": None, "no_private": None}
+    if request.param == "milvus":
+        pytest.importorskip("pymilvus")
+        from auditor_server.attribution.backends import export_to_milvus
+
+        for name in uris:
+            uris[name] = str(root / f"{name}.db")
+            export_to_milvus(root / name, str(uris[name]))
+    a = _service(root / "state-a", root / "all", policy, lab_key, uris["all"])
+    b = _service(root / "state-b", root / "no_private", policy, lab_key, uris["no_private"])
+    assert a.engine.searcher.name == b.engine.searcher.name == request.param
     yield Pair(a, b, key, [json.loads(ln)["text"] for ln in lines])
     a.close()
     b.close()
