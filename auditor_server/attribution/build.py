@@ -538,6 +538,19 @@ def write_manifest(
     return snapshot_id
 
 
+def finished_index(index_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest and build plan of a finished index.
+
+    Raises:
+        ConfigError: ``index_dir`` is not a finished index.
+    """
+    manifest_path = index_dir / layout.MANIFEST
+    if not manifest_path.exists():
+        raise ConfigError(f"{index_dir} is not a finished index (no {layout.MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    return manifest, json.loads((index_dir / layout.PLAN).read_text())
+
+
 def reindex(index_dir: Path, index_config: IndexConfig) -> str:
     """Refit preconditioner and FAISS index of a finished build from its stored shards.
 
@@ -549,10 +562,21 @@ def reindex(index_dir: Path, index_config: IndexConfig) -> str:
     Raises:
         ConfigError: ``index_dir`` is not a finished index.
     """
-    manifest_path = index_dir / layout.MANIFEST
-    if not manifest_path.exists():
-        raise ConfigError(f"{index_dir} is not a finished index (no {layout.MANIFEST})")
-    manifest = json.loads(manifest_path.read_text())
+    manifest, _ = finished_index(index_dir)
+    return publish_from_shards(
+        index_dir, index_config, model_dir=Path(manifest["model_dir"]), change={"change": "reindex"}
+    )
+
+
+def publish_from_shards(
+    index_dir: Path, index_config: IndexConfig, *, model_dir: Path, change: dict[str, Any]
+) -> str:
+    """From the stored catalog, rows and shards: guard and verbatim index (kept when they
+    are current), then preconditioner, vectors, FAISS index and manifest; the snapshot id.
+
+    What ``reindex`` does, and what a takedown or an addition does once its new catalog,
+    rows and shards are in place.
+    """
     plan = json.loads((index_dir / layout.PLAN).read_text())
     feature_config = FeatureConfig.from_dict(plan["feature_config"])
     with (
@@ -572,6 +596,6 @@ def reindex(index_dir: Path, index_config: IndexConfig) -> str:
             index_config,
             store,
             shards,
-            model_dir=Path(manifest["model_dir"]),
-            change={"change": "reindex"},
+            model_dir=model_dir,
+            change=change,
         )

@@ -48,15 +48,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from auditor_server.attribution import layout
-from auditor_server.attribution.build import (
-    ensure_guard,
-    ensure_verbatim,
-    fit_and_write,
-    model_dtype,
-    write_manifest,
-)
+from auditor_server.attribution.build import finished_index, model_dtype, publish_from_shards
 from auditor_server.attribution.config import FeatureConfig, IndexConfig
-from auditor_server.attribution.distributed import Topology
 from auditor_server.attribution.featurize import Featurizer
 from auditor_server.attribution.snapshots import removed_ids_digest
 from auditor_server.attribution.spans import RowTable
@@ -126,11 +119,7 @@ def remove_records(index_dir: Path, ids: Collection[str]) -> ChangeResult:
     resumed = _finish_interrupted(index_dir)
     if resumed is not None and resumed.removed_ids_sha256 == removed_ids_digest(wanted):
         return resumed  # this very removal was interrupted, and is now done
-    manifest_path = index_dir / layout.MANIFEST
-    if not manifest_path.exists():
-        raise ConfigError(f"{index_dir} is not a finished index (no {layout.MANIFEST})")
-    manifest = json.loads(manifest_path.read_text())
-    plan = json.loads((index_dir / layout.PLAN).read_text())
+    manifest, plan = finished_index(index_dir)
     if not wanted:
         raise InputError("no record id to remove")
     stage = index_dir / layout.TAKEDOWN_STAGE
@@ -206,11 +195,7 @@ def add_records(
     resumed = _finish_interrupted(index_dir)
     if resumed is not None and resumed.added_ids_sha256 == digest:
         return resumed  # this very addition was interrupted, and is now done
-    manifest_path = index_dir / layout.MANIFEST
-    if not manifest_path.exists():
-        raise ConfigError(f"{index_dir} is not a finished index (no {layout.MANIFEST})")
-    manifest = json.loads(manifest_path.read_text())
-    plan = json.loads((index_dir / layout.PLAN).read_text())
+    manifest, plan = finished_index(index_dir)
     feature_config = FeatureConfig.from_dict(plan["feature_config"])
     lm = load_model(
         Path(manifest["model_dir"]),
@@ -378,35 +363,18 @@ def _commit(index_dir: Path) -> ChangeResult:
         shutil.rmtree(index_dir / name, ignore_errors=True)
     fsync_dir(index_dir)
 
-    plan = json.loads((index_dir / layout.PLAN).read_text())
-    index_config = IndexConfig.from_dict(meta["index_config"])
-    shard_rows = FeatureConfig.from_dict(plan["feature_config"]).shard_rows
-    with (
-        Catalog.open(index_dir / layout.CATALOG) as catalog,
-        np.load(index_dir / layout.ROWS) as npz,
-    ):
-        rows = RowTable.from_arrays(dict(npz))
-        ensure_guard(index_dir, catalog)
-        ensure_verbatim(index_dir, catalog)
-        store = ShardStore(index_dir)
-        shards = plan_shards(len(rows), shard_rows)
-        fit_and_write(Topology(), index_dir, catalog, rows, store, shards, index_config, plan)
-        snapshot_id = write_manifest(
-            index_dir,
-            catalog,
-            plan,
-            index_config,
-            store,
-            shards,
-            model_dir=Path(meta["model_dir"]),
-            change={
-                "change": meta.get("change", "remove"),
-                "records_removed": meta["records_removed"],
-                "removed_ids_sha256": meta["removed_ids_sha256"],
-                "records_added": meta.get("records_added", 0),
-            },
-        )
-        n_records = len(catalog)
+    snapshot_id = publish_from_shards(
+        index_dir,
+        IndexConfig.from_dict(meta["index_config"]),
+        model_dir=Path(meta["model_dir"]),
+        change={
+            "change": meta.get("change", "remove"),
+            "records_removed": meta["records_removed"],
+            "removed_ids_sha256": meta["removed_ids_sha256"],
+            "records_added": meta.get("records_added", 0),
+        },
+    )
+    manifest, _ = finished_index(index_dir)
     shutil.rmtree(stage)
     return ChangeResult(
         snapshot_id=snapshot_id,
@@ -414,8 +382,8 @@ def _commit(index_dir: Path) -> ChangeResult:
         removed_ids_sha256=meta["removed_ids_sha256"],
         records_removed=meta["records_removed"],
         rows_removed=meta["rows_removed"],
-        n_records=n_records,
-        n_rows=len(rows),
+        n_records=manifest["n_records"],
+        n_rows=manifest["n_rows"],
         records_added=meta.get("records_added", 0),
         rows_added=meta.get("rows_added", 0),
         added_ids_sha256=meta.get("added_ids_sha256", ""),

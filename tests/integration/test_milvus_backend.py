@@ -17,38 +17,26 @@ from auditor_server.attribution.backends import (
     connect,
     export_to_milvus,
 )
-from auditor_server.attribution.build import build_index, reindex
+from auditor_server.attribution.build import reindex
 from auditor_server.attribution.changes import remove_records
-from auditor_server.attribution.config import FeatureConfig, IndexConfig
+from auditor_server.attribution.config import IndexConfig
 from auditor_server.attribution.engine import AttributionEngine
-from auditor_server.corpus.demo import generate_demo_corpus
 from auditor_server.corpus.records import read_corpus
 from auditor_server.errors import ConfigError
-from tests.fixtures.tiny_models import make_tiny_model_dir
+from tests.fixtures.tiny_index import build_tiny_index
 
 pytest.importorskip("pymilvus")
-
-FEATURES = FeatureConfig(proj_in=4, proj_out=4, span_tokens=24, span_stride=12, shard_rows=64)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("milvus")
-    summary = generate_demo_corpus(root / "corpus.jsonl", size="tiny", seed=7)
-    model = make_tiny_model_dir(root, "gpt2")
-    index = root / "index"
-    assert build_index(
-        model_dir=model,
-        corpus_path=summary.corpus_path,
-        out_dir=index,
-        feature_config=FEATURES,
-        progress=False,
-    )
+    built = build_tiny_index(tmp_path_factory.mktemp("milvus"), seed=7)
+    index = built["index"]
     # Rank from the vector backend alone, so every answer comes from the searcher.
     reindex(index, IndexConfig(lexical_candidates=0))
-    uri = str(root / "milvus.db")
+    uri = str(built["root"] / "milvus.db")
     export_to_milvus(index, uri)
-    return {"root": root, "index": index, "uri": Path(uri), "corpus": summary.corpus_path}
+    return {**built, "uri": Path(uri)}
 
 
 def _queries(corpus: Path) -> list[tuple[str, str]]:

@@ -19,30 +19,17 @@ from auditor_server.attribution.engine import AttributionEngine
 from auditor_server.attribution.snapshots import read_history, removed_ids_digest
 from auditor_server.attribution.store import ShardStore, plan_shards
 from auditor_server.corpus.catalog import Catalog
-from auditor_server.corpus.demo import generate_demo_corpus
 from auditor_server.corpus.records import read_corpus
 from auditor_server.errors import InputError
 from auditor_server.fsutil import sha256_json
-from tests.fixtures.tiny_models import make_tiny_model_dir
+from tests.fixtures.tiny_index import TINY_FEATURES, build_tiny_index
 
 REPO = Path(__file__).resolve().parents[2]
-FEATURES = FeatureConfig(proj_in=4, proj_out=4, span_tokens=24, span_stride=12, shard_rows=64)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("takedown")
-    summary = generate_demo_corpus(root / "corpus.jsonl", size="tiny", seed=5)
-    model = make_tiny_model_dir(root, "gpt2")
-    index = root / "index"
-    assert build_index(
-        model_dir=model,
-        corpus_path=summary.corpus_path,
-        out_dir=index,
-        feature_config=FEATURES,
-        progress=False,
-    )
-    return {"root": root, "corpus": summary.corpus_path, "model": model, "index": index}
+    return build_tiny_index(tmp_path_factory.mktemp("takedown"), seed=5)
 
 
 def _copy(built: dict[str, Path], tmp_path: Path) -> Path:
@@ -149,7 +136,7 @@ def test_a_fresh_build_of_the_smaller_corpus_gives_the_same_index(
     fresh = tmp_path / "fresh"
     assert build_index(
         model_dir=built["model"], corpus_path=smaller, out_dir=fresh,
-        feature_config=FEATURES, progress=False,
+        feature_config=TINY_FEATURES, progress=False,
     )  # fmt: skip
     a = json.loads((index / layout.MANIFEST).read_text())
     b = json.loads((fresh / layout.MANIFEST).read_text())
@@ -190,7 +177,7 @@ def test_a_crash_during_the_commit_is_finished_by_the_rerun(
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # the process dies between switching files and refitting
 
-    monkeypatch.setattr(takedown, "fit_and_write", crash)
+    monkeypatch.setattr(takedown, "publish_from_shards", crash)
     with pytest.raises(KeyboardInterrupt):
         takedown.remove_records(index, victims)
     assert not (index / layout.MANIFEST).exists()  # not openable half-switched
@@ -242,10 +229,10 @@ def test_added_records_are_the_only_rows_featurized(built: dict[str, Path], tmp_
     index = tmp_path / "grown"
     assert build_index(
         model_dir=built["model"], corpus_path=first, out_dir=index,
-        feature_config=FEATURES, progress=False,
+        feature_config=TINY_FEATURES, progress=False,
     )  # fmt: skip
     before = json.loads((index / layout.MANIFEST).read_text())
-    assert before["n_rows"] % FEATURES.shard_rows  # the last shard is partial: it must grow
+    assert before["n_rows"] % TINY_FEATURES.shard_rows  # the last shard is partial: it must grow
     full_shards = {
         p.name: p.read_bytes()
         for p in (index / "shards").glob("*.npz")
