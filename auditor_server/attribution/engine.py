@@ -32,6 +32,7 @@ from auditor_server.attribution.lexical import BM25Baseline
 from auditor_server.attribution.precondition import Preconditioner
 from auditor_server.attribution.spans import RowTable
 from auditor_server.corpus.catalog import Catalog
+from auditor_server.corpus.records import DATA_CLASSES
 from auditor_server.errors import ConfigError, IndexMismatchError, InputError, IntegrityError
 from auditor_server.fsutil import sha256_file
 from auditor_server.model.generation import (
@@ -113,7 +114,6 @@ class AttributionEngine:
         self.featurizer = featurizer
         self.preconditioner = preconditioner
         self.vectors = vectors
-        self.index = index
         self.index_config = index_config
         classes = np.asarray(catalog.data_classes())
         self._row_class = classes[rows.record]
@@ -345,7 +345,7 @@ class AttributionEngine:
 
     def _excluded(self, exclude_classes: Collection[str]) -> frozenset[str]:
         excluded = frozenset(exclude_classes)
-        unknown = excluded - {"public", "proprietary", "private"}
+        unknown = excluded - set(DATA_CLASSES)
         if unknown:
             raise InputError(f"unknown data class(es) to exclude: {', '.join(sorted(unknown))}")
         return excluded
