@@ -44,9 +44,10 @@ def commitments_digest(commitments_json: str) -> str:
     return "sha256:" + hashlib.sha256(commitments_json.encode("utf-8")).hexdigest()
 
 
-def removed_ids_digest(ids: Iterable[str]) -> str:
-    """The digest a takedown of ``ids`` is listed under (sorted, newline-joined, sha256):
-    a lab, or a data subject told which ids were theirs, can check a takedown happened."""
+def ids_digest(ids: Iterable[str]) -> str:
+    """The digest a set of record ids is listed under (sorted, unique, newline-joined,
+    sha256): a takedown names its removed ids this way, so a lab, or a data subject told
+    which ids were theirs, can check it happened without the history naming them."""
     return "sha256:" + hashlib.sha256("\n".join(sorted(set(ids))).encode("utf-8")).hexdigest()
 
 

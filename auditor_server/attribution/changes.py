@@ -51,7 +51,7 @@ from auditor_server.attribution import layout
 from auditor_server.attribution.build import finished_index, model_dtype, publish_from_shards
 from auditor_server.attribution.config import FeatureConfig, IndexConfig
 from auditor_server.attribution.featurize import Featurizer
-from auditor_server.attribution.snapshots import removed_ids_digest
+from auditor_server.attribution.snapshots import ids_digest
 from auditor_server.attribution.spans import RowTable
 from auditor_server.attribution.store import (
     SHARD_DIR,
@@ -117,7 +117,7 @@ def remove_records(index_dir: Path, ids: Collection[str]) -> ChangeResult:
     """
     wanted = set(ids)
     resumed = _finish_interrupted(index_dir)
-    if resumed is not None and resumed.removed_ids_sha256 == removed_ids_digest(wanted):
+    if resumed is not None and resumed.removed_ids_sha256 == ids_digest(wanted):
         return resumed  # this very removal was interrupted, and is now done
     manifest, plan = finished_index(index_dir)
     if not wanted:
@@ -125,13 +125,9 @@ def remove_records(index_dir: Path, ids: Collection[str]) -> ChangeResult:
     stage = index_dir / layout.TAKEDOWN_STAGE
     with Catalog.open(index_dir / layout.CATALOG) as catalog:
         all_ids = catalog.ids()
-        unknown = sorted(wanted - set(all_ids))
+        unknown = wanted - set(all_ids)
         if unknown:
-            shown = ", ".join(repr(u) for u in unknown[:5])
-            raise InputError(
-                f"{len(unknown)} id(s) are not in the index ({shown}"
-                f"{', …' if len(unknown) > 5 else ''}); nothing was removed"
-            )
+            raise InputError(f"{_listed(unknown, 'not in the index')}; nothing was removed")
         if len(wanted) == len(all_ids):
             raise InputError("that would remove every record; build a new index instead")
         removed = np.array([o for o, rid in enumerate(all_ids) if rid in wanted], dtype=np.int64)
@@ -151,20 +147,16 @@ def remove_records(index_dir: Path, ids: Collection[str]) -> ChangeResult:
         ShardStore(stage),
         shard_rows,
     )
-    arrays: dict[str, Any] = dict(new_rows.to_arrays())
-    atomic_write(stage / layout.ROWS, lambda fh: np.savez(fh, **arrays))
-    atomic_write_json(
-        stage / layout.PLAN,
+    _mark_staged(
+        stage,
+        new_rows,
         {**plan, "n_rows": len(new_rows), "corpus_manifest_hash": corpus_hash},
-    )
-    atomic_write_json(
-        stage / STAGED,
         {
             "parent": manifest["snapshot_id"],
             "index_config": manifest["index_config"],
             "model_dir": manifest["model_dir"],
             "records_removed": len(wanted),
-            "removed_ids_sha256": removed_ids_digest(wanted),
+            "removed_ids_sha256": ids_digest(wanted),
             "rows_removed": int((~keep).sum()),
         },
     )
@@ -177,7 +169,6 @@ def add_records(
     *,
     device: str = "cpu",
     dtype: str = "float32",
-    progress: bool = False,
 ) -> ChangeResult:
     """Append the records of ``corpus_path`` to the finished index in ``index_dir``.
 
@@ -191,11 +182,15 @@ def add_records(
             (nothing is changed).
     """
     new_records = read_corpus(corpus_path)
-    digest = removed_ids_digest(r.id for r in new_records)
+    digest = ids_digest(r.id for r in new_records)
     resumed = _finish_interrupted(index_dir)
     if resumed is not None and resumed.added_ids_sha256 == digest:
         return resumed  # this very addition was interrupted, and is now done
     manifest, plan = finished_index(index_dir)
+    with Catalog.open(index_dir / layout.CATALOG) as catalog:
+        clash = {r.id for r in new_records} & set(catalog.ids())
+    if clash:
+        raise InputError(f"{_listed(clash, 'already in the index')}; nothing was added")
     feature_config = FeatureConfig.from_dict(plan["feature_config"])
     lm = load_model(
         Path(manifest["model_dir"]),
@@ -213,13 +208,6 @@ def add_records(
     stage = index_dir / layout.TAKEDOWN_STAGE
     with Catalog.open(index_dir / layout.CATALOG) as catalog:
         n_old = len(catalog)
-        clash = sorted({r.id for r in new_records} & set(catalog.ids()))
-        if clash:
-            shown = ", ".join(repr(c) for c in clash[:5])
-            raise InputError(
-                f"{len(clash)} id(s) are already in the index ({shown}"
-                f"{', …' if len(clash) > 5 else ''}); nothing was added"
-            )
         stage.mkdir()
         merged = Catalog.create(stage / layout.CATALOG, chain(iter(catalog), new_records))
         corpus_hash = merged.manifest_hash
@@ -246,13 +234,10 @@ def add_records(
             units = np.concatenate([kept_units, units])
             norms = np.concatenate([kept_norms, norms])
         staged.write_encoded(spec, units, norms)
-    arrays: dict[str, Any] = dict(rows.to_arrays())
-    atomic_write(stage / layout.ROWS, lambda fh: np.savez(fh, **arrays))
-    atomic_write_json(
-        stage / layout.PLAN, {**plan, "n_rows": len(rows), "corpus_manifest_hash": corpus_hash}
-    )
-    atomic_write_json(
-        stage / STAGED,
+    _mark_staged(
+        stage,
+        rows,
+        {**plan, "n_rows": len(rows), "corpus_manifest_hash": corpus_hash},
         {
             "change": "add",
             "shards": "merge",
@@ -268,6 +253,22 @@ def add_records(
         },
     )
     return _commit(index_dir)
+
+
+def _listed(ids: set[str], where: str) -> str:
+    """``N id(s) are WHERE ('a', 'b', …)`` for an error message: the count, the first five."""
+    shown = sorted(ids)
+    more = ", …" if len(shown) > 5 else ""
+    return f"{len(shown)} id(s) are {where} ({', '.join(repr(i) for i in shown[:5])}{more})"
+
+
+def _mark_staged(stage: Path, rows: RowTable, plan: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write the staged row table and plan, then ``staged.json`` last: from then on the
+    stage is complete and a rerun commits it."""
+    arrays: dict[str, Any] = dict(rows.to_arrays())
+    atomic_write(stage / layout.ROWS, lambda fh: np.savez(fh, **arrays))
+    atomic_write_json(stage / layout.PLAN, plan)
+    atomic_write_json(stage / STAGED, meta)
 
 
 def _kept(records: Iterator[Record], removed: set[str]) -> Iterator[Record]:

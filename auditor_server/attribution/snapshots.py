@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor_client.wire._proto import audit_pb2 as pb
-from auditor_client.wire.snapshots import removed_ids_digest
+from auditor_client.wire.snapshots import ids_digest
 from auditor_server.attribution import layout
 from auditor_server.errors import IntegrityError
 from auditor_server.fsutil import atomic_write_json, sha256_json
@@ -39,7 +39,7 @@ IDENTITY_FIELDS = (
 )
 """The manifest fields the snapshot id is the sha256 of (canonical JSON)."""
 
-__all__ = ["append_snapshot", "as_wire", "read_history", "removed_ids_digest", "snapshot_identity"]
+__all__ = ["append_snapshot", "as_wire", "ids_digest", "read_history", "snapshot_identity"]
 
 CHANGES = ("build", "reindex", "remove", "add")
 

@@ -16,7 +16,7 @@ from auditor_server.attribution import layout
 from auditor_server.attribution.build import build_index
 from auditor_server.attribution.config import FeatureConfig
 from auditor_server.attribution.engine import AttributionEngine
-from auditor_server.attribution.snapshots import read_history, removed_ids_digest
+from auditor_server.attribution.snapshots import ids_digest, read_history
 from auditor_server.attribution.store import ShardStore, plan_shards
 from auditor_server.corpus.catalog import Catalog
 from auditor_server.corpus.records import read_corpus
@@ -30,6 +30,19 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_tiny_index(tmp_path_factory.mktemp("takedown"), seed=5)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``auditor-server ARGS`` as a lab would, and insist it succeeds."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "auditor_server.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def _copy(built: dict[str, Path], tmp_path: Path) -> Path:
@@ -78,13 +91,7 @@ def test_removed_records_leave_every_file_and_the_rest_is_moved_bit_for_bit(
     assert _files_holding(index, phrase)
     (tmp_path / "ids.txt").write_text("# erasure request 42\n" + "\n".join(victims) + "\n\n")
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "auditor_server.cli", "remove", "--index", str(index),
-         "--ids", str(tmp_path / "ids.txt")],
-        capture_output=True, text=True, timeout=300,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _cli("remove", "--index", str(index), "--ids", str(tmp_path / "ids.txt"))
     assert "removed 2 records" in proc.stdout
 
     after = json.loads((index / layout.MANIFEST).read_text())
@@ -113,7 +120,7 @@ def test_removed_records_leave_every_file_and_the_rest_is_moved_bit_for_bit(
     assert [e["snapshot_id"] for e in history] == [before["snapshot_id"], after["snapshot_id"]]
     assert history[1]["parent"] == before["snapshot_id"]
     assert history[1]["change"] == "remove" and history[1]["records_removed"] == 2
-    assert history[1]["removed_ids_sha256"] == removed_ids_digest(victims)
+    assert history[1]["removed_ids_sha256"] == ids_digest(victims)
     for entry, manifest in zip(history, (before, after), strict=True):
         assert sha256_json(entry["commitments"]) == manifest["snapshot_id"]
         assert entry["commitments"]["corpus_manifest_hash"] == manifest["corpus_manifest_hash"]
@@ -238,13 +245,7 @@ def test_added_records_are_the_only_rows_featurized(built: dict[str, Path], tmp_
         for p in (index / "shards").glob("*.npz")
         if p.stem != f"shard-{len(before['shards']) - 1:05d}"
     }
-    proc = subprocess.run(
-        [sys.executable, "-m", "auditor_server.cli", "add", "--index", str(index),
-         "--corpus", str(second)],
-        capture_output=True, text=True, timeout=300,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _cli("add", "--index", str(index), "--corpus", str(second))
     assert "added 7 records" in proc.stdout
     after = json.loads((index / layout.MANIFEST).read_text())
     reference = json.loads((built["index"] / layout.MANIFEST).read_text())

@@ -12,8 +12,8 @@ from auditor_client.wire._proto import audit_pb2 as pb
 from auditor_client.wire.snapshots import (
     SnapshotHistoryError,
     commitments_digest,
+    ids_digest,
     read_snapshots,
-    removed_ids_digest,
 )
 from auditor_server.attribution.snapshots import append_snapshot, as_wire, read_history
 from auditor_server.errors import IntegrityError
@@ -42,7 +42,7 @@ def _history(tmp_path: Path) -> list[pb.SnapshotRecord]:
         second,
         change="remove",
         records_removed=2,
-        removed_ids_sha256=removed_ids_digest(["b", "a"]),
+        removed_ids_sha256=ids_digest(["b", "a"]),
     )
     return as_wire(read_history(tmp_path))
 
@@ -52,7 +52,7 @@ def test_a_lab_history_checks_out_and_chains(tmp_path: Path) -> None:
     history = read_snapshots(records, snapshot_id=records[-1].snapshot_id)
     assert [s.change for s in history] == ["build", "remove"]
     assert history[1].parent == history[0].snapshot_id
-    assert history[1].removed_ids_sha256 == removed_ids_digest(["a", "b", "a"])
+    assert history[1].removed_ids_sha256 == ids_digest(["a", "b", "a"])
     assert commitments_digest(records[0].commitments_json) == history[0].snapshot_id
     assert read_snapshots([], snapshot_id="sha256:x") == []
 
