@@ -400,8 +400,10 @@ def fit_and_write(
     moments = SecondMoments(
         len(plan["modules"]), FeatureConfig.from_dict(plan["feature_config"]).dims_per_module
     )
+    # Each shard's checksum was just verified (``is_done`` above); the two passes below read
+    # it without hashing the whole store twice more.
     for spec in mine:
-        moments.add(store.read(spec)[fit_mask[spec.start : spec.stop]])
+        moments.add(store.read(spec, verify=False)[fit_mask[spec.start : spec.stop]])
     summed = topo.all_reduce_sum(np.append(moments.sums.ravel(), float(moments.count)))
     moments.sums = summed[:-1].reshape(moments.sums.shape)
     moments.count = int(summed[-1])
@@ -459,7 +461,7 @@ def _write_vectors(
     with partial.open("r+b") as fh:
         for spec in shards:
             if topo.owns(spec.index):
-                block = precond.apply(store.read(spec)).astype(np.float16)
+                block = precond.apply(store.read(spec, verify=False)).astype(np.float16)
                 fh.seek(offset + spec.start * row_bytes)
                 fh.write(np.ascontiguousarray(block).tobytes())
         fh.flush()
