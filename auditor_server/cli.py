@@ -386,6 +386,11 @@ def _index_config(kw: dict[str, Any]) -> Any:
     )
 
 
+MODEL_DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+"""``--dtype`` of build and add (``attribution.build.MODEL_DTYPES`` plus ``auto``; spelled
+out here so the CLI loads without torch)."""
+
+
 def _fit_exclusions(policy_path: Path | None) -> tuple[str, ...]:
     """The classes besides ``private`` that ``policy_path``'s roles do not all see."""
     if policy_path is None:
@@ -417,7 +422,7 @@ def _fit_exclusions(policy_path: Path | None) -> tuple[str, ...]:
 )
 @click.option(
     "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    type=click.Choice(MODEL_DTYPE_CHOICES),
     default="float32",
     show_default=True,
     help="Weights' dtype while featurizing (auto: the checkpoint's); gradients are "
@@ -525,7 +530,7 @@ def remove(index_dir: Path, ids_file: Path) -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option(
     "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    type=click.Choice(MODEL_DTYPE_CHOICES),
     default="float32",
     show_default=True,
 )
