@@ -371,6 +371,24 @@ def query_features(index_dir: Path, questions: Path, n: int, seed: int) -> F32:
         return np.ascontiguousarray(engine.preconditioner.apply(raw), dtype=np.float32)
 
 
+def seed_rows(
+    real: np.ndarray, queries: str, n_queries: int, noise: float | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None, float, float]:
+    """The real rows copies are made from (less the held-out query rows when ``queries`` is
+    ``rows``), those held-out rows, the median nearest-neighbour cosine and the noise level
+    (``noise``, or the one matching that cosine; see the module docstring)."""
+    n0 = real.shape[0]
+    held_rows = None
+    base = real
+    if queries == "rows":
+        held = rng.choice(n0, size=min(n_queries, n0 // 10), replace=False)
+        keep = np.ones(n0, dtype=bool)
+        keep[held] = False
+        base, held_rows = real[keep], real[held]
+    sim = nn_cosine(base, 2000, rng)
+    return base, held_rows, sim, noise or noise_for_similarity(sim)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", type=Path, help="built index whose vectors seed the store")
@@ -425,15 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     real = np.load(index_dir / "vectors.f16.npy").astype(np.float32)
     n0, d = real.shape
-    if args.queries == "rows":
-        held = rng.choice(n0, size=min(args.n_queries, n0 // 10), replace=False)
-        keep = np.ones(n0, dtype=bool)
-        keep[held] = False
-        base, held_rows = real[keep], real[held]
-    else:
-        base, held_rows = real, None
-    sim = nn_cosine(base, 2000, rng)
-    eta = args.noise or noise_for_similarity(sim)
+    base, held_rows, sim, eta = seed_rows(real, args.queries, args.n_queries, args.noise, rng)
     print(
         f"seed rows {index_dir}/vectors.f16.npy: {n0:,} x {d}; median nearest-neighbour "
         f"cosine {sim:.3f} -> noise eta {eta:.3f} (copy-to-copy cosine {1 / (1 + eta**2):.3f}, "

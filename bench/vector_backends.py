@@ -95,11 +95,10 @@ from bench._common import (
 from bench.index_scale import (
     _warm,
     exact_topk,
-    nn_cosine,
-    noise_for_similarity,
     query_features,
     recall_at_k,
     rerank,
+    seed_rows,
     synthesize,
     timed_build,
 )
@@ -524,15 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n0, d_full = real.shape
     dims = args.dims or d_full
     real = cut(real, dims)
-    if args.queries == "rows":
-        held = rng.choice(n0, size=min(args.n_queries, n0 // 10), replace=False)
-        keep = np.ones(n0, dtype=bool)
-        keep[held] = False
-        base, held_rows = real[keep], real[held]
-    else:
-        base, held_rows = real, None
-    sim = nn_cosine(base, 2000, rng)
-    eta = args.noise or noise_for_similarity(sim)
+    base, held_rows, sim, eta = seed_rows(real, args.queries, args.n_queries, args.noise, rng)
     print(
         f"seed rows {index_dir}/vectors.f16.npy: {n0:,} x {d_full}, first {dims} dims kept; "
         f"median nearest-neighbour cosine {sim:.3f} -> noise eta {eta:.3f}",
