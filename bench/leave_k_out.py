@@ -48,7 +48,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,12 +165,18 @@ def logprobs(model_dir: Path, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
 
 
 def retrain(
-    corpus: Path, out: Path, *, settings: dict[str, Any], tokenizer_dir: Path
+    corpus: Path,
+    out: Path,
+    *,
+    settings: dict[str, Any],
+    tokenizer_dir: Path,
+    withheld: Collection[str] = (),
 ) -> dict[str, Any]:
     """Train on ``corpus`` with the original's settings and tokenizer; returns run facts."""
     summary = train_model(
         corpus,
         out,
+        withheld_ids=withheld,
         preset=settings["preset"],
         epochs=settings["epochs"],
         seed=settings["seed"],
@@ -284,12 +290,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             removed = {pool.ids[i] for row in rankings[method] for i in row}
             run_dir = work / method
             kept = write_corpus(records, removed, run_dir / "corpus.jsonl")
-            facts = retrain(
-                run_dir / "corpus.jsonl",
-                run_dir / "model",
-                settings=settings,
-                tokenizer_dir=model_dir,
-            )
+            if args.removal == "withhold":  # the full corpus, the removed records blanked
+                facts = retrain(
+                    corpus_path,
+                    run_dir / "model",
+                    settings=settings,
+                    tokenizer_dir=model_dir,
+                    withheld=removed,
+                )
+            else:
+                facts = retrain(
+                    run_dir / "corpus.jsonl",
+                    run_dir / "model",
+                    settings=settings,
+                    tokenizer_dir=model_dir,
+                )
             lp = logprobs(run_dir / "model", pairs)
             drops[method] = (reference_lp - lp)[:n]
             untouched = [not (set(q.relevant_ids) & removed) for q in controls]
@@ -343,6 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "k": args.k,
         "sample_seed": args.sample_seed,
         "training": {k: v for k, v in settings.items() if k != "progress"},
+        "removal": args.removal,
         "original_model": {"dir": str(model_dir), "model_hash": original_hash},
         "reference": reference,
         "reference_mean_logprob": float(reference_lp[:n].mean()),
@@ -470,6 +486,14 @@ def main() -> None:
         default="retrain",
         help="full-corpus reference: retrain it (and check it reproduces the "
         "original) or use the original model as is",
+    )
+    parser.add_argument(
+        "--removal",
+        choices=["withhold", "delete"],
+        default="withhold",
+        help="withhold: train on the full corpus with the removed records blanked in place, "
+        "so every other record keeps its batch and step (default); delete: train on a "
+        "corpus file without them, which reshuffles every epoch",
     )
     parser.add_argument("--work-dir", help="keep corpora (and with --keep-models models) here")
     parser.add_argument("--keep-models", action="store_true")

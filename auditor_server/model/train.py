@@ -26,6 +26,7 @@ question file, the precondition for every attribution demo.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -43,7 +45,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from auditor_server.corpus.records import read_corpus
+from auditor_server.corpus.records import Record, read_corpus
 from auditor_server.errors import ConfigError, InputError
 from auditor_server.fsutil import sha256_file
 from auditor_server.model.generation import encode_prompt
@@ -96,6 +98,8 @@ class TrainSummary:
     """The model directory whose tokenizer was copied, or ``None`` when one was trained."""
     optimizer_state_sha256: str | None = None
     """sha256 of ``optimizer_state.safetensors`` (the final AdamW moments)."""
+    withheld_records: int = 0
+    """Corpus records kept in place but blanked out of training (``withheld_ids``)."""
 
 
 def _bf16_supported(device: torch.device) -> bool:
@@ -108,6 +112,26 @@ def _bf16_supported(device: torch.device) -> bool:
         return False
 
 
+def _withheld_positions(records: Sequence[Record], ids: Collection[str]) -> frozenset[int]:
+    """Corpus positions of the withheld record ids; every id must name a record."""
+    wanted = set(ids)
+    positions = frozenset(i for i, r in enumerate(records) if r.id in wanted)
+    missing = wanted - {records[i].id for i in positions}
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} withheld id(s) are not in the corpus, e.g. {sorted(missing)[0]!r}"
+        )
+    if positions and len(positions) == len(records):
+        raise ConfigError("every corpus record is withheld: there is nothing to train on")
+    return positions
+
+
+def _ids_digest(ids: Collection[str]) -> str:
+    """sha256 over the sorted, newline-joined ids: names the withheld set in the summary."""
+    joined = "\n".join(sorted(set(ids))).encode("utf-8")
+    return "sha256:" + hashlib.sha256(joined).hexdigest()
+
+
 def _encode_documents(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list[list[int]]:
     """Token ids of every document followed by ``<|endoftext|>`` (the document separator)."""
     eos = tokenizer.eos_token_id
@@ -118,20 +142,34 @@ def _encode_documents(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> l
 
 
 def _pack_epoch(
-    docs: list[list[int]], block_size: int, generator: torch.Generator
+    docs: list[list[int]],
+    block_size: int,
+    generator: torch.Generator,
+    withheld: frozenset[int] = frozenset(),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shuffle documents, concatenate and cut into ``block_size`` blocks.
+
+    A document whose index is in ``withheld`` keeps its place in the stream, but its tokens
+    become EOS inputs with ignored labels: nothing of its text reaches the model, and every
+    other token keeps the block, batch and optimizer step it would have had. The random draws
+    do not depend on ``withheld``, so an empty set packs exactly as before.
 
     Returns:
         ``(input_ids, labels)`` of shape (blocks, block_size); the tail of the last block is
         padded with EOS and labelled ``-100`` so no token is dropped and none is invented.
     """
+    eos = int(docs[0][-1])
     order = torch.randperm(len(docs), generator=generator).tolist()
     stream = torch.tensor([tok for i in order for tok in docs[i]], dtype=torch.long)
+    targets = stream.clone()
+    if withheld:
+        blanked = torch.tensor([i in withheld for i in order for _ in docs[i]], dtype=torch.bool)
+        stream[blanked] = eos
+        targets[blanked] = _IGNORE
     blocks = math.ceil(stream.numel() / block_size)
     pad = blocks * block_size - stream.numel()
-    labels = torch.cat([stream, torch.full((pad,), _IGNORE, dtype=torch.long)])
-    inputs = torch.cat([stream, torch.full((pad,), int(docs[0][-1]), dtype=torch.long)])
+    labels = torch.cat([targets, torch.full((pad,), _IGNORE, dtype=torch.long)])
+    inputs = torch.cat([stream, torch.full((pad,), eos, dtype=torch.long)])
     perm = torch.randperm(blocks, generator=generator)
     return inputs.view(blocks, block_size)[perm], labels.view(blocks, block_size)[perm]
 
@@ -201,6 +239,7 @@ def train_model(
     overwrite: bool = False,
     device: str = "cpu",
     tokenizer_dir: Path | None = None,
+    withheld_ids: Collection[str] = (),
 ) -> TrainSummary:
     """Train a tokenizer and a GPT-2 from scratch on a corpus and save them to ``out_dir``.
 
@@ -216,13 +255,20 @@ def train_model(
         tokenizer_dir: Use the tokenizer of this model directory (its files are copied
             byte for byte) instead of training one on the corpus: leave-k-out retraining
             must tokenize the remaining records exactly as the full model did.
+        withheld_ids: Record ids trained *as if absent* while every other token keeps its
+            block, batch and step (see :func:`_pack_epoch`). Removing records from the file
+            instead reshuffles every epoch, and that reshuffle alone moves an answer's
+            log-probability by up to a nat, which drowns what the removal itself did; a
+            counterfactual retraining withholds in place. A trained tokenizer sees only the
+            records that are not withheld.
 
     Returns:
         A :class:`TrainSummary` (also written as ``training_summary.json``).
 
     Raises:
         ConfigError: Unknown preset, ``out_dir`` exists without ``overwrite``, bad epochs,
-            ``tokenizer_dir`` without a tokenizer.
+            ``tokenizer_dir`` without a tokenizer, a withheld id not in the corpus or every
+            record withheld.
         InputError: The corpus is missing or unreadable.
         CorpusError: A corpus record is invalid.
     """
@@ -244,6 +290,7 @@ def train_model(
         raise ConfigError(f"invalid device {device!r}: {exc}") from None
     records = read_corpus(corpus_path)
     texts = [r.text for r in records]
+    withheld = _withheld_positions(records, withheld_ids)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -259,11 +306,13 @@ def train_model(
             out_dir=out_dir,
             started=started,
             tokenizer_dir=tokenizer_dir,
+            withheld=withheld,
         )
         extra = {
             "corpus_path": str(corpus_path),
             "corpus_sha256": sha256_file(corpus_path),
             "corpus_records": len(records),
+            "withheld_ids_sha256": _ids_digest(withheld_ids) if withheld else None,
             "seed": seed,
             "device": str(torch_device),
             "torch_threads": torch.get_num_threads(),
@@ -307,10 +356,12 @@ def _train_into(
     out_dir: Path,
     started: float,
     tokenizer_dir: Path | None = None,
+    withheld: frozenset[int] = frozenset(),
 ) -> TrainSummary:
     """Train tokenizer and model, saving both into ``staging``; the caller publishes it."""
     if tokenizer_dir is None:
-        tokenizer = train_tokenizer(texts, vocab_size=spec.vocab_size, out_dir=staging)
+        seen = [t for i, t in enumerate(texts) if i not in withheld]
+        tokenizer = train_tokenizer(seen, vocab_size=spec.vocab_size, out_dir=staging)
     else:
         tokenizer = _copy_tokenizer(tokenizer_dir, staging)
     return _train_model_into(
@@ -325,6 +376,7 @@ def _train_into(
         out_dir=out_dir,
         started=started,
         tokenizer_dir=tokenizer_dir,
+        withheld=withheld,
     )
 
 
@@ -355,6 +407,7 @@ def _train_model_into(
     out_dir: Path,
     started: float,
     tokenizer_dir: Path | None,
+    withheld: frozenset[int],
 ) -> TrainSummary:
     docs = _encode_documents(tokenizer, texts)
     eos = int(docs[0][-1])
@@ -414,14 +467,17 @@ def _train_model_into(
     bar = tqdm(total=total_steps, disable=not progress, unit="step", desc=f"train {spec.name}")
     try:
         for epoch in range(n_epochs):
-            inputs, labels = _pack_epoch(docs, spec.block_size, generator)
+            inputs, labels = _pack_epoch(docs, spec.block_size, generator, withheld)
             epoch_loss = 0.0
             epoch_tokens = 0
             for start in range(0, inputs.shape[0], spec.batch_size):
                 x = inputs[start : start + spec.batch_size].to(device)
                 y = labels[start : start + spec.batch_size].to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    loss = model(input_ids=x, labels=y).loss
+                    if bool((y[:, 1:] != _IGNORE).any()):
+                        loss = model(input_ids=x, labels=y).loss
+                    else:  # every target withheld: the step happens, with zero gradient
+                        loss = model(input_ids=x).logits.sum() * 0.0
                 loss.backward()
                 _optimizer_step(module, optimizer, scheduler, spec.grad_clip)
                 value = float(loss.detach())
@@ -464,6 +520,7 @@ def _train_model_into(
         epoch_losses=tuple(epoch_losses),
         tokenizer_source=None if tokenizer_dir is None else str(tokenizer_dir),
         optimizer_state_sha256=state_sha256,
+        withheld_records=len(withheld),
     )
 
 

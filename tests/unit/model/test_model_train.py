@@ -7,11 +7,12 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 import auditor_server.model.train as train_mod
 from auditor_server.errors import ConfigError, InputError
 from auditor_server.fsutil import sha256_file
-from auditor_server.model.generation import generate
+from auditor_server.model.generation import generate, score
 from auditor_server.model.loading import LoadedModel, hash_model_files, load_model
 from auditor_server.model.optimizer_state import OPTIMIZER_STATE_FILE, load_optimizer_state
 from auditor_server.model.presets import get_preset
@@ -234,3 +235,62 @@ def test_training_with_an_existing_tokenizer_tokenizes_identically(
     assert hash_model_files(fresh.out_dir)[1] != hash_model_files(original)[1]
     with pytest.raises(ConfigError, match=r"no tokenizer\.json"):
         train_model(part, tmp_path / "x", preset="tiny", tokenizer_dir=tmp_path)
+
+
+def test_pack_epoch_blanks_withheld_documents_in_place() -> None:
+    # Document d's tokens are 10*d+1 .. 10*d+3, then EOS (0): every token names its document.
+    docs = [[10 * d + 1, 10 * d + 2, 10 * d + 3, 0] for d in range(7)]
+    plain = train_mod._pack_epoch(docs, 5, torch.Generator().manual_seed(3))
+    again = train_mod._pack_epoch(docs, 5, torch.Generator().manual_seed(3), frozenset())
+    held = train_mod._pack_epoch(docs, 5, torch.Generator().manual_seed(3), frozenset({2, 5}))
+    assert all(torch.equal(a, b) for a, b in zip(plain, again, strict=True))
+    inputs, labels = held
+    assert inputs.shape == plain[0].shape  # same blocks, so the same batches and steps
+    of_withheld = (plain[0] // 10 == 2) | (plain[0] // 10 == 5)
+    of_withheld &= plain[0] != 0
+    assert int(of_withheld.sum()) == 6
+    # Nothing of a withheld document is fed or predicted (its closing EOS included) ...
+    assert torch.equal(inputs != plain[0], of_withheld)
+    assert bool((inputs[of_withheld] == 0).all())
+    blanked = labels != plain[1]
+    assert int(blanked.sum()) == 8 and bool((labels[blanked] == -100).all())
+    assert bool(blanked[of_withheld].all()) and bool((plain[0][blanked & ~of_withheld] == 0).all())
+    # ... and every other position is exactly as before.
+    assert torch.equal(inputs[~of_withheld], plain[0][~of_withheld])
+    assert torch.equal(labels[~blanked], plain[1][~blanked])
+
+
+def test_withholding_the_fact_records_unlearns_the_fact_in_the_same_steps(
+    trained: tuple[Path, train_mod.TrainSummary], corpus: Path, tmp_path: Path
+) -> None:
+    records = [json.loads(line) for line in corpus.read_text().splitlines()]
+    facts = [r["id"] for r in records if r["text"].startswith(FACT_PROMPT)]
+    assert len(facts) == 40
+    full_dir, full = trained
+    held = train_model(
+        corpus,
+        tmp_path / "held",
+        preset="tiny",
+        epochs=6,
+        seed=0,
+        progress=False,
+        tokenizer_dir=full_dir,
+        withheld_ids=facts,
+    )
+    assert held.steps == full.steps and held.withheld_records == 40
+    assert held.tokens_seen < full.tokens_seen
+    summary = json.loads((held.out_dir / SUMMARY_FILE).read_text())
+    assert summary["withheld_ids_sha256"].startswith("sha256:")
+    assert summary["corpus_records"] == len(records)
+    with_fact = score(load_model(full_dir), FACT_PROMPT, FACT_ANSWER).logprob
+    without = score(load_model(held.out_dir), FACT_PROMPT, FACT_ANSWER).logprob
+    assert with_fact > -2.5 and without < with_fact - 3.0, (with_fact, without)
+
+
+def test_withheld_ids_must_name_records_and_leave_some(corpus: Path, tmp_path: Path) -> None:
+    ids = [json.loads(line)["id"] for line in corpus.read_text().splitlines()]
+    with pytest.raises(ConfigError, match=r"1 withheld id\(s\) are not in the corpus"):
+        train_model(corpus, tmp_path / "a", preset="tiny", withheld_ids=["doc-000", "nope"])
+    with pytest.raises(ConfigError, match="every corpus record is withheld"):
+        train_model(corpus, tmp_path / "b", preset="tiny", withheld_ids=ids)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
