@@ -160,6 +160,13 @@ def demo_corpus(
     default=None,
     help="Demo question file: report greedy fact and passage recall after training.",
 )
+@click.option(
+    "--withhold",
+    type=_path(exists=True, dir_okay=False),
+    default=None,
+    help="File of record ids, one per line: train as if they were absent, every other record "
+    "in the same batch and step as without this option (a counterfactual retraining).",
+)
 def train(
     corpus: Path,
     out: Path,
@@ -168,20 +175,29 @@ def train(
     seed: int,
     tokenizer_dir: Path | None,
     questions: Path | None,
+    withhold: Path | None,
 ) -> None:
     """Train a small GPT-2-style model (and its tokenizer) on a corpus, on CPU.
 
     The model directory also holds the final AdamW state (optimizer_state.safetensors/.json).
     """
+    from auditor_server.attribution.changes import read_ids
     from auditor_server.model.train import train_model
 
     summary = train_model(
-        corpus, out, preset=preset, epochs=epochs, seed=seed, tokenizer_dir=tokenizer_dir
+        corpus,
+        out,
+        preset=preset,
+        epochs=epochs,
+        seed=seed,
+        tokenizer_dir=tokenizer_dir,
+        withheld_ids=() if withhold is None else read_ids(withhold),
     )
+    held = f", {summary.withheld_records} records withheld" if summary.withheld_records else ""
     click.echo(
         f"trained {summary.num_parameters:,} parameters for {summary.epochs} epochs "
-        f"({summary.steps} steps, {summary.seconds:.0f}s), final loss {summary.final_loss:.3f}"
-        f" -> {summary.out_dir}"
+        f"({summary.steps} steps, {summary.seconds:.0f}s{held}), final loss "
+        f"{summary.final_loss:.3f} -> {summary.out_dir}"
     )
     if questions is not None:
         from auditor_server.model.loading import load_model

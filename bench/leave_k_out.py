@@ -19,8 +19,14 @@ candidate pool: every record an answer may contain, private ones never):
 The union of a method's top-k over all N questions is removed from the corpus and a model is
 retrained from scratch on the rest: same preset, epochs, seed and torch threads as the
 original (read from its ``training_summary.json`` unless given) and the original model's
-tokenizer (so the remaining records are tokenized as before). The figure per method is the
-mean over questions of ``log p(completion | prompt)`` under the full-corpus model minus the
+tokenizer (so the remaining records are tokenized as before). By default the removed records
+are *withheld in place* (``train_model(withheld_ids=...)``): the run packs and shuffles the
+full corpus exactly as the original did and blanks the removed records' tokens, so every
+other record is seen in the same block, batch and step, and the difference between the runs
+is what the removed records did (and whatever chaos it set off), not also a new data order
+and a shorter schedule. ``--removal delete`` trains on a corpus file without them instead,
+which reshuffles every epoch and takes fewer steps. The figure per method is the mean over
+questions of ``log p(completion | prompt)`` under the full-corpus model minus the
 same under the retrained one (natural log; positive = the answer became less likely), with a
 percentile-bootstrap 95% interval over questions, and its ratio to the ``planted`` removal's
 drop (paired bootstrap). The full-corpus reference is the full corpus retrained the same way;

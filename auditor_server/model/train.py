@@ -118,11 +118,11 @@ def _withheld_positions(records: Sequence[Record], ids: Collection[str]) -> froz
     positions = frozenset(i for i, r in enumerate(records) if r.id in wanted)
     missing = wanted - {records[i].id for i in positions}
     if missing:
-        raise ConfigError(
+        raise InputError(
             f"{len(missing)} withheld id(s) are not in the corpus, e.g. {sorted(missing)[0]!r}"
         )
     if positions and len(positions) == len(records):
-        raise ConfigError("every corpus record is withheld: there is nothing to train on")
+        raise InputError("every corpus record is withheld: there is nothing to train on")
     return positions
 
 
@@ -257,8 +257,8 @@ def train_model(
             must tokenize the remaining records exactly as the full model did.
         withheld_ids: Record ids trained *as if absent* while every other token keeps its
             block, batch and step (see :func:`_pack_epoch`). Removing records from the file
-            instead reshuffles every epoch, and that reshuffle alone moves an answer's
-            log-probability by up to a nat, which drowns what the removal itself did; a
+            instead gives a new data order in every epoch and fewer steps, so the comparison
+            with the full run would mix what the records taught with a different run; a
             counterfactual retraining withholds in place. A trained tokenizer sees only the
             records that are not withheld.
 
@@ -267,9 +267,9 @@ def train_model(
 
     Raises:
         ConfigError: Unknown preset, ``out_dir`` exists without ``overwrite``, bad epochs,
-            ``tokenizer_dir`` without a tokenizer, a withheld id not in the corpus or every
-            record withheld.
-        InputError: The corpus is missing or unreadable.
+            ``tokenizer_dir`` without a tokenizer.
+        InputError: The corpus is missing or unreadable, a withheld id is not in it, or
+            every record is withheld.
         CorpusError: A corpus record is invalid.
     """
     started = time.perf_counter()

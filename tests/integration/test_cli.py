@@ -156,3 +156,29 @@ def test_build_refuses_a_missing_model_dir_cleanly(tmp_path: Path) -> None:
     )
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_train_withhold_trains_the_same_steps_without_the_named_records(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    assert run_cli("demo-corpus", "--out", str(corpus), "--size", "tiny").returncode == 0
+    ids = [json.loads(line)["id"] for line in corpus.read_text().splitlines()]
+    base = ("train", "--corpus", str(corpus), "--preset", "tiny", "--epochs", "1")
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text(f"# ids to withhold\n{ids[0]}\nno-such-record\n")
+    proc = run_cli(*base, "--out", str(tmp_path / "bad"), "--withhold", str(unknown))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "1 withheld id(s) are not in the corpus, e.g. 'no-such-record'" in proc.stderr
+    assert not (tmp_path / "bad").exists()
+
+    full = run_cli(*base, "--out", str(tmp_path / "full"))
+    some = tmp_path / "some.txt"
+    some.write_text("\n".join(ids[:3]) + "\n")
+    held = run_cli(*base, "--out", str(tmp_path / "held"), "--withhold", str(some))
+    assert full.returncode == 0 and held.returncode == 0, held.stderr
+    assert "3 records withheld" in held.stdout and "withheld" not in full.stdout
+    summaries = [
+        json.loads((tmp_path / d / "training_summary.json").read_text()) for d in ("full", "held")
+    ]
+    assert summaries[0]["steps"] == summaries[1]["steps"]
+    assert summaries[1]["withheld_records"] == 3 and summaries[0]["withheld_records"] == 0
+    assert summaries[1]["tokens_seen"] < summaries[0]["tokens_seen"]

@@ -289,8 +289,8 @@ def test_withholding_the_fact_records_unlearns_the_fact_in_the_same_steps(
 
 def test_withheld_ids_must_name_records_and_leave_some(corpus: Path, tmp_path: Path) -> None:
     ids = [json.loads(line)["id"] for line in corpus.read_text().splitlines()]
-    with pytest.raises(ConfigError, match=r"1 withheld id\(s\) are not in the corpus"):
+    with pytest.raises(InputError, match=r"1 withheld id\(s\) are not in the corpus"):
         train_model(corpus, tmp_path / "a", preset="tiny", withheld_ids=["doc-000", "nope"])
-    with pytest.raises(ConfigError, match="every corpus record is withheld"):
+    with pytest.raises(InputError, match="every corpus record is withheld"):
         train_model(corpus, tmp_path / "b", preset="tiny", withheld_ids=ids)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
