@@ -152,6 +152,41 @@ def net_drop(
     return {"mean": float(drop.mean() - control.mean()), "ci95": [float(lo), float(hi)]}
 
 
+def paired_difference(a: np.ndarray, b: np.ndarray, *, seed: int) -> dict[str, Any]:
+    """Mean of ``a - b`` per question with its bootstrap interval, and how often ``a > b``."""
+    out = bootstrap_mean(a - b, seed=seed)
+    out["wins"] = int(np.sum(a > b))
+    return out
+
+
+def pool_results(results: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
+    """Per-question drops of several runs in one comparison.
+
+    Runs on different question samples add questions; runs of the same questions (another
+    training seed) are averaged per question first, so a question counts once and the
+    interval is over questions, as in a single run. Only methods every run measured count.
+    """
+    methods = [m for m in results[0]["methods"] if all(m in r["methods"] for r in results)]
+    per_q: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for r in results:
+        for q in r["per_question"]:
+            per_q.setdefault((q["prompt"], q["completion"]), []).append(q["drop"])
+    drops = {m: np.array([np.mean([d[m] for d in ds]) for ds in per_q.values()]) for m in methods}
+    out: dict[str, Any] = {
+        "runs": len(results),
+        "questions": len(per_q),
+        "removal": sorted({r.get("removal", "delete") for r in results}),
+        "drop": {m: bootstrap_mean(drops[m], seed=seed) for m in methods},
+    }
+    if "engine" in drops:
+        out["engine_minus"] = {
+            m: paired_difference(drops["engine"], drops[m], seed=seed)
+            for m in methods
+            if m != "engine"
+        }
+    return out
+
+
 def write_corpus(records: Sequence[Record], removed: set[str], path: Path) -> int:
     """Write ``records`` without the ``removed`` ids (order kept); returns records written."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -338,6 +373,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             if not args.keep_models:
                 shutil.rmtree(run_dir / "model", ignore_errors=True)
+        if "engine" in drops:
+            for method in args.methods:
+                if method != "engine":
+                    runs["engine"][f"minus_{method}"] = paired_difference(
+                        drops["engine"], drops[method], seed=args.sample_seed
+                    )
         if "planted" in drops:
             for method in args.methods:
                 if method != "planted":
@@ -450,7 +491,29 @@ def print_summary(result: dict[str, Any]) -> None:
         ],
         rows,
     )
+    for other, diff in result["methods"].get("engine", {}).items():
+        if other.startswith("minus_"):
+            print(
+                f"engine - {other[6:]}, paired: {_fmt(diff)} nats "
+                f"(engine ahead on {diff['wins']} of {diff['n']} questions)"
+            )
     print(f"\n{result['machine']}; {result['seconds']:.0f}s in all")
+
+
+def print_pooled(pooled: dict[str, Any]) -> None:
+    print(
+        f"{pooled['runs']} runs, {pooled['questions']} distinct questions, "
+        f"removal {'/'.join(pooled['removal'])}"
+    )
+    print_table(
+        ["method", "mean drop of log p (95% CI)"],
+        [[m, _fmt(d)] for m, d in pooled["drop"].items()],
+    )
+    for other, diff in pooled.get("engine_minus", {}).items():
+        print(
+            f"engine - {other}, paired: {_fmt(diff)} nats "
+            f"(engine ahead on {diff['wins']} of {diff['n']} questions)"
+        )
 
 
 def main() -> None:
@@ -510,8 +573,22 @@ def main() -> None:
         help="build (or reuse) a tiny demo corpus, model and index in DIR and run on them",
     )
     parser.add_argument("--progress", action="store_true", help="training progress bars")
+    parser.add_argument(
+        "--pool",
+        nargs="+",
+        metavar="RESULT_JSON",
+        help="retrain nothing: pool earlier results (other question samples add questions, "
+        "other training seeds are averaged per question) and print one paired comparison",
+    )
     add_omp_argument(parser)
     args = parser.parse_args()
+    if args.pool:
+        results = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.pool]
+        pooled = pool_results(results)
+        print_pooled(pooled)
+        if args.out:
+            Path(args.out).write_text(json.dumps(pooled, indent=2) + "\n", encoding="utf-8")
+        return
     apply_omp_wait_policy(args.omp_wait_policy)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
