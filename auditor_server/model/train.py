@@ -26,7 +26,6 @@ question file, the precondition for every attribution demo.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -45,6 +44,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from auditor_server.attribution.snapshots import ids_digest
 from auditor_server.corpus.records import Record, read_corpus
 from auditor_server.errors import ConfigError, InputError
 from auditor_server.fsutil import sha256_file
@@ -124,12 +124,6 @@ def _withheld_positions(records: Sequence[Record], ids: Collection[str]) -> froz
     if positions and len(positions) == len(records):
         raise InputError("every corpus record is withheld: there is nothing to train on")
     return positions
-
-
-def _ids_digest(ids: Collection[str]) -> str:
-    """sha256 over the sorted, newline-joined ids: names the withheld set in the summary."""
-    joined = "\n".join(sorted(set(ids))).encode("utf-8")
-    return "sha256:" + hashlib.sha256(joined).hexdigest()
 
 
 def _encode_documents(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list[list[int]]:
@@ -312,7 +306,7 @@ def train_model(
             "corpus_path": str(corpus_path),
             "corpus_sha256": sha256_file(corpus_path),
             "corpus_records": len(records),
-            "withheld_ids_sha256": _ids_digest(withheld_ids) if withheld else None,
+            "withheld_ids_sha256": ids_digest(withheld_ids) if withheld else None,
             "seed": seed,
             "device": str(torch_device),
             "torch_threads": torch.get_num_threads(),
