@@ -389,6 +389,57 @@ def seed_rows(
     return base, held_rows, sim, noise or noise_for_similarity(sim)
 
 
+def cut(x: F32, dims: int) -> F32:
+    """The first ``dims`` dims of each row, renormalized."""
+    y = np.ascontiguousarray(x[:, :dims], dtype=np.float32)
+    y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    return y
+
+
+def synthesize_store(base: F32, n: int, eta: float, seed: int, path: Path) -> F16:
+    """:func:`synthesize` ``n`` rows into a memory-mapped fp16 ``.npy`` at ``path``, timed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    store = synthesize(
+        base,
+        n,
+        eta,
+        seed,
+        out=np.lib.format.open_memmap(path, "w+", np.float16, (n, base.shape[1])),
+    )
+    store.flush()
+    print(
+        f"synthesized {n:,} rows ({fmt_bytes(store.nbytes)} fp16) in "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    return store
+
+
+def synthetic_queries(
+    held_rows: F32 | None,
+    eta: float,
+    seed: int,
+    index_dir: Path,
+    questions: Path | None,
+    n_queries: int,
+    dims: int | None = None,
+) -> tuple[F32, str]:
+    """The queries and a description: noisy copies of held-out rows, or featurized questions.
+
+    Question features are cut to their first ``dims`` dims (renormalized) when ``dims`` is
+    given; held-out rows already have the store's width.
+    """
+    if held_rows is not None:
+        queries = synthesize(held_rows, held_rows.shape[0], eta, seed + 1).astype(np.float32)
+        return queries, f"{queries.shape[0]} held-out rows + noise"
+    qfile = questions or default_questions(index_dir)
+    queries = query_features(index_dir, qfile, n_queries, seed)
+    if dims is not None:
+        queries = cut(queries, dims)
+    return queries, f"{queries.shape[0]} featurized questions from {qfile}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", type=Path, help="built index whose vectors seed the store")
@@ -449,29 +500,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"cosine {sim:.3f} -> noise eta {eta:.3f} (copy-to-copy cosine {1 / (1 + eta**2):.3f}, "
         f"copy-to-source {1 / math.sqrt(1 + eta**2):.3f})"
     )
-    t0 = time.perf_counter()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    store = synthesize(
-        base,
-        args.n,
-        eta,
-        args.seed,
-        out=np.lib.format.open_memmap(
-            args.workdir / "vectors.f16.npy", "w+", np.float16, (args.n, d)
-        ),
+    store = synthesize_store(base, args.n, eta, args.seed, args.workdir / "vectors.f16.npy")
+    queries, qdesc = synthetic_queries(
+        held_rows, eta, args.seed, index_dir, args.questions, args.n_queries
     )
-    print(
-        f"synthesized {args.n:,} rows ({fmt_bytes(store.nbytes)} fp16) in "
-        f"{time.perf_counter() - t0:.0f} s",
-        flush=True,
-    )
-    if held_rows is not None:
-        queries = synthesize(held_rows, held_rows.shape[0], eta, args.seed + 1).astype(np.float32)
-        qdesc = f"{queries.shape[0]} held-out rows + noise"
-    else:
-        qfile = args.questions or default_questions(index_dir)
-        queries = query_features(index_dir, qfile, args.n_queries, args.seed)
-        qdesc = f"{queries.shape[0]} featurized questions from {qfile}"
     print(f"queries: {qdesc}", flush=True)
     del real, base
     t0 = time.perf_counter()

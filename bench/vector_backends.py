@@ -87,19 +87,19 @@ from bench._common import (
     add_omp_argument,
     apply_omp_wait_policy,
     default_index,
-    default_questions,
     fmt_bytes,
     machine,
     print_table,
 )
 from bench.index_scale import (
     _warm,
+    cut,
     exact_topk,
-    query_features,
     recall_at_k,
     rerank,
     seed_rows,
-    synthesize,
+    synthesize_store,
+    synthetic_queries,
     timed_build,
 )
 
@@ -187,13 +187,6 @@ def make_classes(n: int, seed: int) -> tuple[I64, NDArray[np.str_]]:
     rng = np.random.default_rng(seed + 7)
     per_record = rng.choice(len(CLASSES), size=int(record[-1]) + 1, p=CLASS_SHARES)
     return record, CLASSES[per_record[record]]
-
-
-def cut(x: F32, dims: int) -> F32:
-    """The first ``dims`` dims of each row, renormalized."""
-    y = np.ascontiguousarray(x[:, :dims], dtype=np.float32)
-    y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-    return y
 
 
 # ---------------------------------------------------------------------------- FAISS
@@ -529,29 +522,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"median nearest-neighbour cosine {sim:.3f} -> noise eta {eta:.3f}",
         flush=True,
     )
-    args.workdir.mkdir(parents=True, exist_ok=True)
     store_path = args.workdir / "vectors.f16.npy"
-    t0 = time.perf_counter()
-    store = synthesize(
-        base,
-        args.rows,
-        eta,
-        args.seed,
-        out=np.lib.format.open_memmap(store_path, "w+", np.float16, (args.rows, dims)),
+    store = synthesize_store(base, args.rows, eta, args.seed, store_path)
+    queries, qdesc = synthetic_queries(
+        held_rows, eta, args.seed, index_dir, args.questions, args.n_queries, dims
     )
-    store.flush()
-    print(
-        f"synthesized {args.rows:,} rows ({fmt_bytes(store.nbytes)} fp16) in "
-        f"{time.perf_counter() - t0:.0f} s",
-        flush=True,
-    )
-    if held_rows is not None:
-        queries = synthesize(held_rows, held_rows.shape[0], eta, args.seed + 1).astype(np.float32)
-        qdesc = f"{queries.shape[0]} held-out rows + noise"
-    else:
-        qfile = args.questions or default_questions(index_dir)
-        queries = cut(query_features(index_dir, qfile, args.n_queries, args.seed), dims)
-        qdesc = f"{queries.shape[0]} featurized questions from {qfile}"
     del real, base
     record, row_class = make_classes(args.rows, args.seed)
     private = row_class == "private"
