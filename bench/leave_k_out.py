@@ -330,22 +330,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for method in args.methods:
             removed = {pool.ids[i] for row in rankings[method] for i in row}
             run_dir = work / method
-            kept = write_corpus(records, removed, run_dir / "corpus.jsonl")
             if args.removal == "withhold":  # the full corpus, the removed records blanked
-                facts = retrain(
-                    corpus_path,
-                    run_dir / "model",
-                    settings=settings,
-                    tokenizer_dir=model_dir,
-                    withheld=removed,
+                # The id list `auditor-server train --withhold` takes, for a rerun by hand.
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "withheld.txt").write_text(
+                    "".join(f"{rid}\n" for rid in sorted(removed)), encoding="utf-8"
                 )
+                corpus, withheld = corpus_path, removed
             else:
-                facts = retrain(
-                    run_dir / "corpus.jsonl",
-                    run_dir / "model",
-                    settings=settings,
-                    tokenizer_dir=model_dir,
-                )
+                corpus, withheld = run_dir / "corpus.jsonl", set()
+                write_corpus(records, removed, corpus)
+            kept = len(records) - len(removed)
+            facts = retrain(
+                corpus,
+                run_dir / "model",
+                settings=settings,
+                tokenizer_dir=model_dir,
+                withheld=withheld,
+            )
             lp = logprobs(run_dir / "model", pairs)
             drops[method] = (reference_lp - lp)[:n]
             untouched = [not (set(q.relevant_ids) & removed) for q in controls]
@@ -564,7 +566,11 @@ def main() -> None:
         "so every other record keeps its batch and step (default); delete: train on a "
         "corpus file without them, which reshuffles every epoch",
     )
-    parser.add_argument("--work-dir", help="keep corpora (and with --keep-models models) here")
+    parser.add_argument(
+        "--work-dir",
+        help="keep each method's withheld ids (--removal delete: its corpus) and, with "
+        "--keep-models, its model here",
+    )
     parser.add_argument("--keep-models", action="store_true")
     parser.add_argument("--out", help="write the result JSON here")
     parser.add_argument(
